@@ -1,0 +1,34 @@
+# Each target bootstraps its own virtualenv (.venv) on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+USERS  ?= 1000
+
+.PHONY: run test lint fmt seed clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: the function on 127.0.0.1:$${PORT:-8080}, on an embedded PostgreSQL seeded with $(USERS) users
+run: $(STAMP)
+	SEED_USERS=$(USERS) $(BIN)/python -m lib.devdb run
+
+## test: the whole suite against a real PostgreSQL (TEST_DATABASE_URL, Docker, or embedded)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff, as CI runs it
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .devdb .pytest_cache .ruff_cache

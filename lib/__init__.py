@@ -1,0 +1,1 @@
+"""The users function's library: configuration, engine, query, responses (and local dev tools)."""

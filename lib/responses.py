@@ -1,0 +1,155 @@
+"""HTTP responses: the users JSON envelope, and every failure as a JSON error with the right status.
+
+Clients of a serverless function retry on 503 and give up on 4xx, so the status must say
+what happened: the database is unreachable or the pool is full (503, retry soon), a query
+ran too long (504), the request is wrong (4xx), or the function is misconfigured (500).
+No response ever carries a traceback, a DSN or a password.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+from collections.abc import Callable, Iterator
+
+import flask
+from sqlalchemy import exc as sa_exc
+
+from lib.config import ConfigError
+from lib.engine import ConnectError
+from lib.users_query import BadRequest, Listing, PageRequest, encode_cursor
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+ALLOWED_METHODS = ("GET", "HEAD")
+RETRY_AFTER_S = "1"
+# SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html)
+_UNAVAILABLE_CLASSES = ("08", "53", "57P")  # connection exception, resources, shutdown/startup
+_QUERY_CANCELED = "57014"  # statement_timeout
+
+
+class HttpError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> flask.Response:
+    body = json.dumps({"error": {"code": code, "message": message}})
+    return flask.Response(body, status=status, content_type=JSON, headers=headers)
+
+
+def require_method(request: flask.Request) -> None:
+    if request.method not in ALLOWED_METHODS:
+        raise HttpError(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed; use GET",
+            {"Allow": ", ".join(ALLOWED_METHODS)},
+        )
+
+
+def users_json(listing: Listing, request: PageRequest) -> flask.Response:
+    """`{"users": [...]}` (plus `next` when paging); streamed when it spans several pages."""
+    head = '{"users":[' + listing.first.json
+    if request.limit is not None:
+        next_link = (
+            f"?limit={request.limit}&cursor={encode_cursor(listing.first.last_id)}"
+            if listing.first.more and listing.first.last_id is not None
+            else None
+        )
+        response = flask.Response(
+            head + '],"next":' + json.dumps(next_link) + "}", content_type=JSON
+        )
+        if next_link:
+            response.headers["Link"] = f'<{next_link}>; rel="next"'
+        return response
+    if not listing.first.more:
+        return flask.Response(head + "]}", content_type=JSON)
+
+    def chunks() -> Iterator[bytes]:
+        yield head.encode()
+        for text in listing.rest():
+            yield text.encode()
+        yield b"]}"
+
+    response = flask.Response(chunks(), content_type=JSON)
+    response.call_on_close(listing.close)  # also when the body is never read (HEAD, client gone)
+    return response
+
+
+def json_errors(handler: Callable[[flask.Request], flask.Response]) -> Callable:
+    """Turn every exception from the handler into a JSON error response."""
+
+    @functools.wraps(handler)
+    def wrapper(request: flask.Request) -> flask.Response:
+        try:
+            return handler(request)
+        except HttpError as exc:
+            return json_error(exc.status, exc.code, exc.message, exc.headers)
+        except BadRequest as exc:
+            return json_error(400, "bad_request", str(exc))
+        except ConfigError as exc:
+            log.error("configuration error: %s", exc)
+            return json_error(500, "configuration_error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - the one place every failure is answered
+            return database_error(exc)
+
+    return wrapper
+
+
+def database_error(exc: Exception) -> flask.Response:
+    """Map a failure to 503 (retry), 504 (timeout) or 500, logging the cause without secrets."""
+    retry = {"Retry-After": RETRY_AFTER_S}
+    if isinstance(exc, sa_exc.TimeoutError):
+        log.warning("pool exhausted: no free connection within the pool timeout")
+        return json_error(
+            503, "pool_exhausted", "All database connections are busy; retry shortly.", retry
+        )
+    sqlstate = _sqlstate(exc)
+    if sqlstate == _QUERY_CANCELED:
+        log.warning("statement timeout")
+        return json_error(504, "statement_timeout", "The database query took too long.")
+    if _is_unavailable(exc, sqlstate):
+        log.warning("database unavailable: %s", _describe(exc))
+        return json_error(
+            503, "database_unavailable", "The database is unavailable; retry shortly.", retry
+        )
+    log.error(
+        "unexpected error: %s", _describe(exc), exc_info=not isinstance(exc, sa_exc.DBAPIError)
+    )
+    return json_error(500, "internal", "Internal error.")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    fields = orig.args[0] if orig is not None and orig.args else None
+    return fields.get("C") if isinstance(fields, dict) else None
+
+
+def _is_unavailable(exc: Exception, sqlstate: str | None) -> bool:
+    if sqlstate is not None:
+        return sqlstate.startswith(_UNAVAILABLE_CLASSES)
+    if isinstance(exc, ConnectError | ConnectionError | socket.timeout):
+        return True
+    # pg8000.InterfaceError (socket errors, closed connection) and invalidated connections.
+    return isinstance(exc, sa_exc.DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError)
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """Exception type, SQLSTATE and server message: never the statement's DSN or parameters."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    fields = orig.args[0] if orig is not None and orig.args else None
+    if isinstance(fields, dict):
+        return f"{type(orig).__name__} {fields.get('C')}: {fields.get('M')}"
+    return f"{type(orig).__name__}: {orig}"

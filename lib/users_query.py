@@ -1,0 +1,169 @@
+"""The users query: PostgreSQL renders the JSON, Python only passes text through.
+
+Each page is one statement in one round trip (simple-query protocol, autocommit): the
+server selects a keyset page by `id`, renders every row with `row_to_json`, joins
+them into one text and says whether more rows follow. Turning rows into Python objects
+and back into JSON would cost ~10x more CPU than the whole rest of the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from lib.config import ConfigError
+
+TABLE = "users"
+PAGE_ROWS = 5000  # rows per round trip when streaming every user (~0.5 MB of JSON)
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_CURSOR_PREFIX = "id:"
+
+
+class BadRequest(ValueError):
+    """A query parameter is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """What the caller asked for: every user (limit None), or one page after a cursor."""
+
+    after: int = 0
+    limit: int | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> PageRequest:
+        unknown = sorted(set(args) - {"limit", "cursor"})
+        if unknown:
+            raise BadRequest(f"unknown query parameter '{unknown[0]}'; allowed: limit, cursor")
+        after = decode_cursor(args["cursor"]) if "cursor" in args else 0
+        if "limit" not in args:
+            return cls(after=after, limit=DEFAULT_LIMIT if "cursor" in args else None)
+        raw = args["limit"]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        return cls(after=after, limit=int(raw))
+
+
+def encode_cursor(last_id: int) -> str:
+    """Opaque to callers, so the keyset can change without breaking them."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    digits = raw.removeprefix(_CURSOR_PREFIX)
+    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 19:
+        raise BadRequest("cursor is not one this function returned")
+    return int(digits)
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: int
+    last_id: int | None
+    json: str  # the page's user objects, comma-separated, without brackets
+    more: bool  # rows with a larger id exist
+
+
+class UsersQuery:
+    """The statement for the configured columns, built once; columns checked on first use."""
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self.checked = False
+        fields = ", ".join(f'page."{c}"' for c in columns)
+        selected = ", ".join(f'"{c}"' for c in dict.fromkeys(("id", *columns)))
+        # row_to_json of a LATERAL row: compact JSON, keys in USERS_COLUMNS order, only those
+        # keys even when `id` is not served. {after} and {limit} are Python ints (see fetch).
+        self._sql = (
+            f"WITH page AS (SELECT {selected} FROM {TABLE} WHERE id > {{after}} "
+            "ORDER BY id LIMIT {limit}) "
+            "SELECT count(*), max(page.id), "
+            "coalesce(string_agg(row_to_json(r)::text, ',' ORDER BY page.id), ''), "
+            f"EXISTS (SELECT 1 FROM {TABLE} WHERE id > (SELECT max(id) FROM page)) "
+            f"FROM page, LATERAL (SELECT {fields}) AS r"
+        )
+
+    def check_columns(self, conn: Connection) -> None:
+        """Fail with a configuration error naming any configured column the table lacks."""
+        existing = {
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('users') "
+                "AND attnum > 0 AND NOT attisdropped"
+            )
+        }
+        if not existing:
+            raise ConfigError("USERS_COLUMNS", f"table '{TABLE}' does not exist or has no columns")
+        for column in ("id", *self.columns):
+            if column not in existing:
+                raise ConfigError(
+                    "USERS_COLUMNS", f"column '{column}' does not exist in table '{TABLE}'"
+                )
+        self.checked = True
+
+    def fetch(self, conn: Connection, after: int, limit: int) -> Page:
+        """One page in one round trip (no bind parameters: pg8000 then uses simple query)."""
+        sql = self._sql.format(after=int(after), limit=int(limit))
+        rows, last_id, text, more = conn.exec_driver_sql(sql).one()
+        return Page(rows=rows, last_id=last_id, json=text, more=more)
+
+
+class Listing:
+    """The users for one request: first page fetched now, the rest as the client reads.
+
+    Holding the first page before the response starts means any database error on it
+    still becomes a proper status code; later pages stream on the same connection.
+    """
+
+    def __init__(self, engine: Engine, query: UsersQuery, request: PageRequest) -> None:
+        self._query = query
+        self._conn: Connection | None = None
+        limit = request.limit or PAGE_ROWS
+        try:
+            try:
+                self.first = self._first_page(engine, request.after, limit)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # The pooled connection was dead (server restart, failover, idle cut) and
+                # nothing has been sent yet: one retry on a fresh connection hides it.
+                self.first = self._first_page(engine, request.after, limit)
+        except BaseException:
+            self.close()
+            raise
+        if request.limit is not None or not self.first.more:
+            self.close()
+
+    def _first_page(self, engine: Engine, after: int, limit: int) -> Page:
+        self.close()
+        self._conn = engine.connect()
+        if not self._query.checked:
+            self._query.check_columns(self._conn)
+        return self._query.fetch(self._conn, after, limit)
+
+    def rest(self) -> Iterator[str]:
+        """JSON text of the pages after the first, each starting with a comma."""
+        try:
+            page = self.first
+            while page.more and self._conn is not None:
+                page = self._query.fetch(self._conn, page.last_id or 0, PAGE_ROWS)
+                if page.rows:
+                    yield "," + page.json
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Return the connection to the pool (idempotent; also called when the client leaves)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()

@@ -1,0 +1,255 @@
+"""Configuration: every URL form, sslmode's libpq meaning, and one clear error per bad variable."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+
+import pytest
+
+from lib.config import DEFAULT_COLUMNS, ConfigError, load, parse_database_url
+from tests.conftest import ROOT, insert_users
+
+BASE = {"DATABASE_URL": "postgresql://app:pw@db.example.com:6543/appdb"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://app:pw@db.example.com:6543/appdb",
+        "postgresql://app:pw@db.example.com:6543/appdb",
+        "postgresql+pg8000://app:pw@db.example.com:6543/appdb",
+    ],
+)
+def test_url_schemes(url):
+    parsed, args = parse_database_url(url)
+    assert parsed.drivername == "postgresql+pg8000"
+    assert (parsed.username, parsed.password, parsed.host, parsed.port, parsed.database) == (
+        "app",
+        "pw",
+        "db.example.com",
+        6543,
+        "appdb",
+    )
+    assert args == {"ssl_context": None}  # no sslmode: libpq's default, 'prefer'
+
+
+def test_percent_encoded_password():
+    parsed, _ = parse_database_url("postgresql://app:p%40ss%2Fw%3Ard@h/db")
+    assert parsed.password == "p@ss/w:rd"
+
+
+@pytest.mark.parametrize(
+    ("url", "socket_path"),
+    [
+        ("postgresql://app@/appdb?host=/cloudsql/p:r:i", "/cloudsql/p:r:i/.s.PGSQL.5432"),
+        (
+            "postgresql://app@:6000/appdb?host=/var/run/postgresql",
+            "/var/run/postgresql/.s.PGSQL.6000",
+        ),
+        ("postgresql+pg8000://app@/appdb?unix_sock=/tmp/.s.PGSQL.5432", "/tmp/.s.PGSQL.5432"),
+    ],
+)
+def test_unix_socket_forms(url, socket_path):
+    parsed, args = parse_database_url(url + "&sslmode=require" if "?" in url else url)
+    assert args["unix_sock"] == socket_path
+    assert args["ssl_context"] is False  # libpq never uses TLS on a Unix socket
+    assert parsed.host is None
+
+
+def test_sslmode_means_what_libpq_means(tmp_path):
+    def ctx(mode: str, extra: str = ""):
+        return parse_database_url(f"postgresql://a:b@h/db?sslmode={mode}{extra}")[1]["ssl_context"]
+
+    assert ctx("disable") is False
+    assert ctx("allow") is None and ctx("prefer") is None  # TLS when offered, unverified
+    assert ctx("require") is True  # TLS or fail, no certificate check (pg8000's True)
+    verify_ca = ctx("verify-ca")
+    assert verify_ca.verify_mode == ssl.CERT_REQUIRED and verify_ca.check_hostname is False
+    verify_full = ctx("verify-full")
+    assert verify_full.verify_mode == ssl.CERT_REQUIRED and verify_full.check_hostname is True
+    with pytest.raises(ConfigError, match="cannot load TLS files"):
+        ctx("verify-full", f"&sslrootcert={tmp_path}/missing.pem")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "fragment"),
+    [
+        ({}, "DATABASE_URL", "not set"),
+        ({**BASE, "INSTANCE_CONNECTION_NAME": "p:r:i"}, "DATABASE_URL", "not both"),
+        ({"DATABASE_URL": "mysql://a:b@h/db"}, "DATABASE_URL", "scheme 'mysql'"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL", "is not a URL"),
+        (
+            {"DATABASE_URL": "postgresql://a:b@h/db?sslmode=verify"},
+            "DATABASE_URL",
+            "sslmode 'verify'",
+        ),
+        (
+            {"DATABASE_URL": "postgresql://a:b@h/db?connect_timout=3"},
+            "DATABASE_URL",
+            "connect_timout",
+        ),
+        ({"DATABASE_URL": "postgresql://a:b@h/"}, "DATABASE_URL", "no database"),
+        ({"DATABASE_URL": "postgresql://h/db"}, "DATABASE_URL", "no user"),
+        ({"DATABASE_URL": "postgresql://a@/db"}, "DATABASE_URL", "no host"),
+        ({"DATABASE_URL": "postgresql://a@h/db?host=relative"}, "DATABASE_URL", "absolute path"),
+        ({**BASE, "DB_POOL_SIZE": "five"}, "DB_POOL_SIZE", "not a whole number"),
+        ({**BASE, "DB_POOL_SIZE": "0"}, "DB_POOL_SIZE", "at least 1"),
+        ({**BASE, "DB_MAX_OVERFLOW": "-1"}, "DB_MAX_OVERFLOW", "at least 0"),
+        ({**BASE, "DB_POOL_TIMEOUT": "0"}, "DB_POOL_TIMEOUT", "between 0 and 3600"),
+        ({**BASE, "DB_CONNECT_TIMEOUT": "soon"}, "DB_CONNECT_TIMEOUT", "not a number"),
+        ({**BASE, "DB_STATEMENT_TIMEOUT_MS": "1.5"}, "DB_STATEMENT_TIMEOUT_MS", "whole number"),
+        ({**BASE, "USERS_COLUMNS": "id,Email"}, "USERS_COLUMNS", "'Email'"),
+        ({**BASE, "USERS_COLUMNS": "id;drop table users"}, "USERS_COLUMNS", "plain"),
+        ({**BASE, "USERS_COLUMNS": "id,id"}, "USERS_COLUMNS", "twice"),
+        ({"INSTANCE_CONNECTION_NAME": "nocolons"}, "INSTANCE_CONNECTION_NAME", "project:region"),
+        ({"INSTANCE_CONNECTION_NAME": "p:r:i"}, "DB_NAME", "required"),
+        ({"INSTANCE_CONNECTION_NAME": "p:r:i", "DB_NAME": "d"}, "DB_USER", "required"),
+        (
+            {"INSTANCE_CONNECTION_NAME": "p:r:i", "DB_NAME": "d", "DB_USER": "u"},
+            "DB_PASS",
+            "required",
+        ),
+        (
+            {
+                "INSTANCE_CONNECTION_NAME": "p:r:i",
+                "DB_NAME": "d",
+                "DB_IAM_USER": "sa@p.iam",
+                "DB_PASS": "x",
+            },
+            "DB_IAM_USER",
+            "no DB_USER or DB_PASS",
+        ),
+        (
+            {
+                "INSTANCE_CONNECTION_NAME": "p:r:i",
+                "DB_NAME": "d",
+                "DB_IAM_USER": "sa@p.iam.gserviceaccount.com",
+            },
+            "DB_IAM_USER",
+            ".gserviceaccount.com",
+        ),
+        (
+            {
+                "INSTANCE_CONNECTION_NAME": "p:r:i",
+                "DB_NAME": "d",
+                "DB_USER": "u",
+                "DB_PASS": "x",
+                "IP_TYPE": "vpn",
+            },
+            "IP_TYPE",
+            "'vpn'",
+        ),
+        (
+            {
+                "INSTANCE_CONNECTION_NAME": "p:r:i",
+                "DB_NAME": "d",
+                "DB_USER": "u",
+                "DB_PASS": "x",
+                "PRIVATE_IP": "maybe",
+            },
+            "PRIVATE_IP",
+            "true or false",
+        ),
+    ],
+)
+def test_each_bad_setting_is_one_error_naming_its_variable(env, variable, fragment):
+    with pytest.raises(ConfigError) as caught:
+        load(env)
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(variable + ": ")
+    assert fragment in str(caught.value)
+
+
+def test_defaults():
+    settings = load(BASE)
+    assert settings.columns == DEFAULT_COLUMNS
+    assert (settings.pool_size, settings.max_overflow, settings.pool_recycle) == (5, 0, 1800)
+    assert 0 < settings.pool_timeout <= 5
+    assert settings.statement_timeout_ms / 1000 < 60  # well under the function timeout
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"DB_USER": "u", "DB_PASS": "pw"}, ("u", "pw", False, "PUBLIC")),
+        ({"DB_USER": "u", "DB_PASS": "pw", "PRIVATE_IP": "true"}, ("u", "pw", False, "PRIVATE")),
+        ({"DB_USER": "u", "DB_PASS": "pw", "IP_TYPE": "PSC"}, ("u", "pw", False, "PSC")),
+        (
+            {"DB_IAM_USER": "fn-sa@proj.iam", "IP_TYPE": "private"},
+            ("fn-sa@proj.iam", None, True, "PRIVATE"),
+        ),
+    ],
+)
+def test_cloud_sql_settings(env, expected):
+    settings = load(
+        {"INSTANCE_CONNECTION_NAME": "my-proj:us-central1:main", "DB_NAME": "app", **env}
+    )
+    cs = settings.cloud_sql
+    assert (cs.user, cs.password, cs.iam_auth, cs.ip_type) == expected
+    assert settings.url is None
+
+
+def test_repr_never_shows_a_password():
+    text = repr(load({"DATABASE_URL": "postgresql://app:hunter2@h/db"}))
+    text += repr(
+        load(
+            {
+                "INSTANCE_CONNECTION_NAME": "p:r:i",
+                "DB_NAME": "d",
+                "DB_USER": "u",
+                "DB_PASS": "hunter2",
+            }
+        )
+    )
+    assert "hunter2" not in text
+
+
+def test_a_bad_setting_stops_functions_framework_with_one_line():
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "mysql://a:secretpw@h/db"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from functions_framework._cli import _cli; _cli()",
+            "--target",
+            "users",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "users function: configuration error: DATABASE_URL: scheme 'mysql'" in result.stderr
+    assert "Traceback" not in result.stderr and "secretpw" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sslmode", "works"),
+    [
+        ("disable", True),
+        ("allow", True),
+        ("prefer", True),
+        ("require", False),
+        ("verify-full", False),
+    ],
+)
+def test_sslmode_against_a_server_without_tls(admin, postgres, make_app, sslmode, works):
+    """The test server offers no TLS: 'prefer' falls back to plain, 'require' must refuse."""
+    insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
+    url = postgres.url("postgres", "postgres").replace("sslmode=disable", f"sslmode={sslmode}")
+    response = make_app(DATABASE_URL=url).test_client().get("/")
+    assert response.status_code == (200 if works else 503)
+
+
+def test_unix_socket_url_serves_users(admin, postgres, make_app):
+    if postgres.embedded is None or postgres.embedded.socket_dir is None:
+        pytest.skip("needs the embedded server's Unix socket")
+    insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
+    url = f"postgresql://postgres@:{postgres.port}/postgres?host={postgres.embedded.socket_dir}"
+    response = make_app(DATABASE_URL=url).test_client().get("/")
+    assert response.status_code == 200
+    assert response.get_json()["users"][0]["email"] == "a@example.com"

@@ -1,0 +1,99 @@
+"""The function as users run it: `functions-framework --target users` (gunicorn, forked worker)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from lib import seed
+from tests.conftest import ROOT, function_connections
+
+IMPORT_PROBE = """
+import socket, sys, threading
+connects = []
+real_connect = socket.socket.connect
+socket.socket.connect = lambda self, *a: connects.append(a) or real_connect(self, *a)
+import main
+heavy = sorted({'.'.join(m.split('.')[:2]) for m in sys.modules
+                if m.startswith(('google.cloud.sql', 'google.auth', 'aiohttp', 'grpc'))})
+print({"connects": len(connects), "threads": threading.active_count(), "heavy": heavy})
+"""
+
+
+def probe_import(env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own probe's dict
+
+
+def test_importing_main_opens_no_connection_starts_no_thread_loads_no_connector(postgres):
+    assert probe_import({"DATABASE_URL": postgres.admin_url}) == {
+        "connects": 0,
+        "threads": 1,
+        "heavy": [],
+    }
+
+
+def test_cloud_sql_config_also_imports_nothing_heavy_until_the_first_request():
+    env = {"INSTANCE_CONNECTION_NAME": "p:r:i", "DB_NAME": "d", "DB_USER": "u", "DB_PASS": "x"}
+    assert probe_import(env) == {"connects": 0, "threads": 1, "heavy": []}
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_served_by_a_forked_gunicorn_worker(admin, serve):
+    seed.seed_users(admin, 20, progress=False)
+    served = serve()
+    status, body = get(served.base + "/")
+    assert status == 200
+    users = json.loads(body)["users"]
+    assert [u["id"] for u in users] == list(range(1, 21))
+    assert users[0]["created_at"] == "2024-01-01T00:01:00+00:00"
+    status, body = get(served.base + "/?limit=x")
+    assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+
+
+def test_50_concurrent_requests_never_use_more_than_5_connections(admin, postgres, serve):
+    seed.seed_users(admin, 20_000, progress=False)  # ~2 MB per answer: requests overlap
+    served = serve(THREADS="16", DB_POOL_TIMEOUT="10")
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:
+        conn = seed.connect(postgres.admin_url)
+        while not stop.is_set():
+            peak[0] = max(peak[0], function_connections(conn))
+            time.sleep(0.005)
+        conn.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            results = list(pool.map(lambda _: get(served.base + "/", timeout=60), range(50)))
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    statuses = [status for status, _ in results]
+    assert statuses == [200] * 50
+    assert all(len(json.loads(body)["users"]) == 20_000 for _, body in results[:3])
+    print(f"\npeak connections from the function under 50 concurrent requests: {peak[0]}")
+    assert 2 <= peak[0] <= 5  # it did run requests in parallel, and never past the pool
