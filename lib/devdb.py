@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         if function.poll() is None:
-            function.terminate()
+            function.send_signal(signal.SIGINT)  # gunicorn's quick shutdown
             function.wait(timeout=15)
         if server is not None:
             server.stop()
