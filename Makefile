@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 USERS  ?= 1000
 
-.PHONY: run test lint fmt seed clean
+.PHONY: run test lint fmt bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 ## test: the whole suite against a real PostgreSQL (TEST_DATABASE_URL, Docker, or embedded)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## bench: the benchmark of BENCHMARKS.md (about 10 minutes; `apt-get install wrk` for better load)
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## lint: ruff, as CI runs it
 lint: $(STAMP)

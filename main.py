@@ -22,4 +22,4 @@ QUERY = UsersQuery(SETTINGS.columns)
 def users(request: flask.Request) -> flask.Response:
     responses.require_method(request)
     page = PageRequest.from_args(request.args)
-    return responses.users_json(Listing(DB.engine(), QUERY, page), page)
+    return responses.users_json(Listing(DB, QUERY, page), page)

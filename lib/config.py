@@ -13,7 +13,7 @@ import ssl
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -25,6 +25,7 @@ _URL_SCHEMES = {"postgres", "postgresql", "postgresql+pg8000"}
 _SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 _URL_PARAMS = {"sslmode", "sslrootcert", "sslcert", "sslkey", "host", "unix_sock"}
 _IP_TYPES = {"public": "PUBLIC", "private": "PRIVATE", "psc": "PSC"}
+T = TypeVar("T")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -60,6 +61,9 @@ class Settings:
     pool_recycle: int
     statement_timeout_ms: int
     connect_timeout: float
+    application_name: str
+    idle_timeout: float  # 0 = never close idle connections
+    max_waiting: int | None  # requests allowed to wait for a connection; None = no limit
     url: URL | None = None  # set when DATABASE_URL is used (password hidden by repr)
     connect_args: Mapping[str, Any] = field(default_factory=dict, repr=False)
     cloud_sql: CloudSql | None = None
@@ -99,6 +103,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "pool_recycle": _int(env, "DB_POOL_RECYCLE", 1800, minimum=1),
         "statement_timeout_ms": _int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000, minimum=1),
         "connect_timeout": _float(env, "DB_CONNECT_TIMEOUT", 5.0),
+        "application_name": _application_name(env.get("DB_APPLICATION_NAME", "")),
+        "idle_timeout": _float(env, "DB_IDLE_TIMEOUT", 10.0, allow_zero=True),
+        "max_waiting": _int(env, "DB_MAX_WAITING", None, minimum=0),
     }
     if has_url:
         url, connect_args = parse_database_url(env["DATABASE_URL"].strip())
@@ -254,13 +261,20 @@ def _columns(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _application_name(raw: str) -> str:
+    name = raw.strip() or APPLICATION_NAME
+    if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,63}", name):
+        raise ConfigError("DB_APPLICATION_NAME", "use 1-63 letters, digits, '_', '.', ':' or '-'")
+    return name
+
+
 def _single(key: str, value: str | tuple[str, ...]) -> str:
     if isinstance(value, tuple):
         raise ConfigError("DATABASE_URL", f"query parameter '{key}' is given more than once")
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: T, minimum: int) -> int | T:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -273,7 +287,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -281,7 +295,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(name, f"'{raw}' is not a number of seconds") from None
-    if not 0 < value <= 3600:
+    if not (0 < value <= 3600 or (allow_zero and value == 0)):
         raise ConfigError(name, f"must be between 0 and 3600 seconds, got {raw}")
     return value
 

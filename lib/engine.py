@@ -12,18 +12,34 @@ import atexit
 import logging
 import math
 import os
+import re
 import threading
 import time
 from typing import Any
 
+import pg8000.dbapi
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, ExceptionContext
-from sqlalchemy.exc import DisconnectionError, InterfaceError
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from lib.config import APPLICATION_NAME, CloudSql, Settings
+from lib.config import CloudSql, Settings
 
 log = logging.getLogger(__name__)
+
+
+class _QuietDeadClose(logging.Filter):
+    """Closing a connection that is already dead fails by nature (pg8000 first tries to say
+    goodbye on it); SQLAlchemy logs each such failure with a traceback. Drop those lines:
+    the death itself is logged once, where it is found."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            ("Exception closing connection", "Exception terminating connection")
+        )
+
+
+logging.getLogger("sqlalchemy.pool.impl.QueuePool").addFilter(_QuietDeadClose())
 
 # A connection unused for this long may have been cut while the instance was idle or
 # frozen (NAT, proxies, failover): check it with one round trip before handing it out.
@@ -35,6 +51,44 @@ class ConnectError(Exception):
     """The Cloud SQL Connector could not open a connection (API, network or credentials)."""
 
 
+class ConnectionLost(Exception):
+    """A pooled connection died under a statement; it has been discarded."""
+
+
+class PoolBusy(Exception):
+    """Every connection is in use and DB_MAX_WAITING requests already wait for one."""
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a pg8000 error (also when wrapped by SQLAlchemy), else None."""
+    orig = getattr(exc, "orig", None) or exc
+    fields = orig.args[0] if orig.args else None
+    return fields.get("C") if isinstance(fields, dict) else None
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Does this error mean the connection is unusable? pg8000 raises InterfaceError for
+    most socket failures but lets some (reset, timeout) escape as OSError, and the server
+    says goodbye with SQLSTATE 57P01-57P03 (shutdown) or class 08 before closing."""
+    if isinstance(exc, pg8000.dbapi.InterfaceError | OSError):
+        return True
+    code = sqlstate(exc) or ""
+    return code.startswith("08") or code in ("57P01", "57P02", "57P03")
+
+
+def set_idle_session_timeout(dbapi_connection: Any, idle_timeout: float) -> None:
+    """The server-side safety net for instances frozen with connections open: PostgreSQL
+    (14+) closes a session idle a little longer than DB_IDLE_TIMEOUT. One round trip per new
+    connection; not a startup parameter, which older servers would reject."""
+    version = dbapi_connection.parameter_statuses.get("server_version", "0")
+    if int(re.match(r"\d*", version).group() or 0) < 14:
+        return
+    dbapi_connection.autocommit = True
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"SET idle_session_timeout = {int(idle_timeout * 1000) + 2000}")
+    cursor.close()
+
+
 class Database:
     """Owns this process's SQLAlchemy engine (and Cloud SQL Connector, if used)."""
 
@@ -43,6 +97,16 @@ class Database:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._connector: Any = None  # google.cloud.sql.connector.Connector, imported lazily
+        # When a connection was last found dead: pooled ones idle since then are checked first.
+        self._lost_at = 0.0
+        # Admission: connections plus waiters; past it a request is refused at once (503).
+        self._admission = (
+            threading.BoundedSemaphore(
+                settings.pool_size + settings.max_overflow + settings.max_waiting
+            )
+            if settings.max_waiting is not None
+            else None
+        )
         os.register_at_fork(after_in_child=self._forget_parent)
         atexit.register(self.close)
 
@@ -55,6 +119,44 @@ class Database:
             if self._engine is None:
                 self._engine = self._build()
             return self._engine
+
+    def checkout(self) -> PoolProxiedConnection:
+        """A pooled DB-API connection, to hand back with `release`.
+
+        Waits at most DB_POOL_TIMEOUT (then sqlalchemy's TimeoutError), and not at all when
+        DB_MAX_WAITING requests already wait (PoolBusy): shedding load beats queueing it.
+        """
+        if self._admission is not None and not self._admission.acquire(blocking=False):
+            raise PoolBusy()
+        try:
+            return self.engine().raw_connection()
+        except BaseException:
+            if self._admission is not None:
+                self._admission.release()
+            raise
+
+    def release(self, conn: PoolProxiedConnection) -> None:
+        conn.close()
+        if self._admission is not None:
+            self._admission.release()
+
+    def fetch(self, conn: PoolProxiedConnection, sql: str) -> list[Any]:
+        """Run one statement and return its rows: the hot path, on the DB-API connection.
+
+        SQLAlchemy's Connection/Result layer would double the client-side cost of a request;
+        the pool is all we need from it. A dead connection is discarded (with every pooled one
+        idle since, on their next checkout) and raised as ConnectionLost.
+        """
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql)
+            return cursor.fetchall()
+        except Exception as exc:
+            if not is_disconnect(exc):
+                raise
+            self._lost_at = time.monotonic()
+            conn.invalidate(exc)
+            raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         """Close every pooled connection and the Connector (at shutdown)."""
@@ -77,11 +179,23 @@ class Database:
     def _build(self) -> Engine:
         s = self.settings
         driver_args: dict[str, Any] = {
-            "application_name": APPLICATION_NAME,
+            "application_name": s.application_name,
             "startup_params": s.startup_params(),
             "timeout": s.connect_timeout,
         }
-        pool_args: dict[str, Any] = {
+        pool_args = self._pool_args()
+        if s.cloud_sql is not None:
+            creator = self._cloud_sql_creator(s.cloud_sql, driver_args)
+            engine = create_engine("postgresql+pg8000://", creator=creator, **pool_args)
+        else:
+            connect_args = {**s.connect_args, **driver_args}
+            engine = create_engine(s.url or "", connect_args=connect_args, **pool_args)
+        self._listen(engine)
+        return engine
+
+    def _pool_args(self) -> dict[str, Any]:
+        s = self.settings
+        return {
             "pool_size": s.pool_size,
             "max_overflow": s.max_overflow,
             "pool_timeout": s.pool_timeout,
@@ -91,14 +205,6 @@ class Database:
             # Every statement is a single read: no BEGIN/ROLLBACK round trips around it.
             "isolation_level": "AUTOCOMMIT",
         }
-        if s.cloud_sql is not None:
-            creator = self._cloud_sql_creator(s.cloud_sql, driver_args)
-            engine = create_engine("postgresql+pg8000://", creator=creator, **pool_args)
-        else:
-            connect_args = {**s.connect_args, **driver_args}
-            engine = create_engine(s.url or "", connect_args=connect_args, **pool_args)
-        self._listen(engine)
-        return engine
 
     def _cloud_sql_creator(self, cs: CloudSql, driver_args: dict[str, Any]) -> Any:
         """One Connector for the process, lazy certificate refresh (CPU is throttled when idle)."""
@@ -128,38 +234,32 @@ class Database:
 
     def _listen(self, engine: Engine) -> None:
         read_timeout = self.settings.statement_timeout_ms / 1000 + self.settings.connect_timeout
+        idle_timeout = self.settings.idle_timeout
 
         @event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            # pg8000 keeps its connect timeout as the socket timeout for every later read;
+            # pg8000 keeps its connect timeout as the socket timeout of every later read;
             # a read may legitimately last as long as statement_timeout, plus a margin.
             sock = getattr(dbapi_connection, "_usock", None)
             if sock is not None:
                 sock.settimeout(read_timeout)
+            if idle_timeout:
+                set_idle_session_timeout(dbapi_connection, idle_timeout)
             record.info["idle_since"] = time.monotonic()
 
         @event.listens_for(engine, "checkin")
         def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
             record.info["idle_since"] = time.monotonic()
 
-        @event.listens_for(engine, "handle_error")
-        def on_error(ctx: ExceptionContext) -> InterfaceError | None:
-            # pg8000 lets some socket errors (reset by peer, read timeout) escape unwrapped.
-            # They mean the connection is dead: say so, so the pool drops it and callers
-            # see the same disconnect error as for any other network failure.
-            if ctx.sqlalchemy_exception is None and isinstance(ctx.original_exception, OSError):
-                ctx.is_disconnect = True
-                return InterfaceError(
-                    ctx.statement,
-                    ctx.parameters,
-                    ctx.original_exception,
-                    connection_invalidated=True,
-                )
-            return None
-
         @event.listens_for(engine, "checkout")
         def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-            if time.monotonic() - record.info.get("idle_since", 0.0) < PING_AFTER_IDLE_S:
+            idle_since = record.info.get("idle_since", 0.0)
+            idle = time.monotonic() - idle_since
+            if idle_timeout and idle > idle_timeout:
+                # Idle past DB_IDLE_TIMEOUT: the server may already have closed it
+                # (idle_session_timeout); open a new one rather than trust this one.
+                raise DisconnectionError("idle timeout")
+            if idle < PING_AFTER_IDLE_S and idle_since > self._lost_at:
                 return
             try:
                 cursor = dbapi_connection.cursor()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import socket
 from collections.abc import Callable, Iterator
 
 import flask
 from sqlalchemy import exc as sa_exc
 
 from lib.config import ConfigError
-from lib.engine import ConnectError
+from lib.engine import ConnectError, ConnectionLost, PoolBusy, is_disconnect, sqlstate
 from lib.users_query import BadRequest, Listing, PageRequest, encode_cursor
 
 log = logging.getLogger(__name__)
@@ -109,16 +108,16 @@ def json_errors(handler: Callable[[flask.Request], flask.Response]) -> Callable:
 def database_error(exc: Exception) -> flask.Response:
     """Map a failure to 503 (retry), 504 (timeout) or 500, logging the cause without secrets."""
     retry = {"Retry-After": RETRY_AFTER_S}
-    if isinstance(exc, sa_exc.TimeoutError):
-        log.warning("pool exhausted: no free connection within the pool timeout")
+    if isinstance(exc, sa_exc.TimeoutError | PoolBusy):
+        log.warning("pool exhausted: no connection free within DB_POOL_TIMEOUT or DB_MAX_WAITING")
         return json_error(
             503, "pool_exhausted", "All database connections are busy; retry shortly.", retry
         )
-    sqlstate = _sqlstate(exc)
-    if sqlstate == _QUERY_CANCELED:
+    code = sqlstate(exc)
+    if code == _QUERY_CANCELED:
         log.warning("statement timeout")
         return json_error(504, "statement_timeout", "The database query took too long.")
-    if _is_unavailable(exc, sqlstate):
+    if _is_unavailable(exc, code):
         log.warning("database unavailable: %s", _describe(exc))
         return json_error(
             503, "database_unavailable", "The database is unavailable; retry shortly.", retry
@@ -129,21 +128,11 @@ def database_error(exc: Exception) -> flask.Response:
     return json_error(500, "internal", "Internal error.")
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    fields = orig.args[0] if orig is not None and orig.args else None
-    return fields.get("C") if isinstance(fields, dict) else None
-
-
-def _is_unavailable(exc: Exception, sqlstate: str | None) -> bool:
-    if sqlstate is not None:
-        return sqlstate.startswith(_UNAVAILABLE_CLASSES)
-    if isinstance(exc, ConnectError | ConnectionError | socket.timeout):
-        return True
-    # pg8000.InterfaceError (socket errors, closed connection) and invalidated connections.
-    return isinstance(exc, sa_exc.DBAPIError) and (
-        exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError)
-    )
+def _is_unavailable(exc: Exception, code: str | None) -> bool:
+    if code is not None:
+        return code.startswith(_UNAVAILABLE_CLASSES)
+    # Connecting failed (network, TLS, Cloud SQL connector), or a connection died under us.
+    return isinstance(exc, ConnectError | ConnectionLost | sa_exc.DBAPIError) or is_disconnect(exc)
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,10 +13,10 @@ import binascii
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from lib.config import ConfigError
+from lib.engine import ConnectionLost, Database
 
 TABLE = "users"
 PAGE_ROWS = 5000  # rows per round trip when streaming every user (~0.5 MB of JSON)
@@ -93,15 +93,14 @@ class UsersQuery:
             f"FROM page, LATERAL (SELECT {fields}) AS r"
         )
 
-    def check_columns(self, conn: Connection) -> None:
+    def check_columns(self, db: Database, conn: PoolProxiedConnection) -> None:
         """Fail with a configuration error naming any configured column the table lacks."""
-        existing = {
-            row[0]
-            for row in conn.exec_driver_sql(
-                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('users') "
-                "AND attnum > 0 AND NOT attisdropped"
-            )
-        }
+        rows = db.fetch(
+            conn,
+            f"SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('{TABLE}') "
+            "AND attnum > 0 AND NOT attisdropped",
+        )
+        existing = {row[0] for row in rows}
         if not existing:
             raise ConfigError("USERS_COLUMNS", f"table '{TABLE}' does not exist or has no columns")
         for column in ("id", *self.columns):
@@ -111,10 +110,10 @@ class UsersQuery:
                 )
         self.checked = True
 
-    def fetch(self, conn: Connection, after: int, limit: int) -> Page:
+    def fetch(self, db: Database, conn: PoolProxiedConnection, after: int, limit: int) -> Page:
         """One page in one round trip (no bind parameters: pg8000 then uses simple query)."""
         sql = self._sql.format(after=int(after), limit=int(limit))
-        rows, last_id, text, more = conn.exec_driver_sql(sql).one()
+        [(rows, last_id, text, more)] = db.fetch(conn, sql)
         return Page(rows=rows, last_id=last_id, json=text, more=more)
 
 
@@ -125,38 +124,37 @@ class Listing:
     still becomes a proper status code; later pages stream on the same connection.
     """
 
-    def __init__(self, engine: Engine, query: UsersQuery, request: PageRequest) -> None:
+    def __init__(self, db: Database, query: UsersQuery, request: PageRequest) -> None:
+        self._db = db
         self._query = query
-        self._conn: Connection | None = None
+        self._conn: PoolProxiedConnection | None = None
         limit = request.limit or PAGE_ROWS
         try:
             try:
-                self.first = self._first_page(engine, request.after, limit)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
+                self.first = self._first_page(request.after, limit)
+            except ConnectionLost:
                 # The pooled connection was dead (server restart, failover, idle cut) and
                 # nothing has been sent yet: one retry on a fresh connection hides it.
-                self.first = self._first_page(engine, request.after, limit)
+                self.first = self._first_page(request.after, limit)
         except BaseException:
             self.close()
             raise
         if request.limit is not None or not self.first.more:
             self.close()
 
-    def _first_page(self, engine: Engine, after: int, limit: int) -> Page:
+    def _first_page(self, after: int, limit: int) -> Page:
         self.close()
-        self._conn = engine.connect()
+        self._conn = self._db.checkout()
         if not self._query.checked:
-            self._query.check_columns(self._conn)
-        return self._query.fetch(self._conn, after, limit)
+            self._query.check_columns(self._db, self._conn)
+        return self._query.fetch(self._db, self._conn, after, limit)
 
     def rest(self) -> Iterator[str]:
         """JSON text of the pages after the first, each starting with a comma."""
         try:
             page = self.first
             while page.more and self._conn is not None:
-                page = self._query.fetch(self._conn, page.last_id or 0, PAGE_ROWS)
+                page = self._query.fetch(self._db, self._conn, page.last_id or 0, PAGE_ROWS)
                 if page.rows:
                     yield "," + page.json
         finally:
@@ -166,4 +164,4 @@ class Listing:
         """Return the connection to the pool (idempotent; also called when the client leaves)."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            conn.close()
+            self._db.release(conn)

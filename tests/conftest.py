@@ -6,6 +6,7 @@ what runs here and in CI, where there is no Docker engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pg8000.dbapi
+import psutil
 import pytest
 
 from lib import seed
@@ -85,8 +87,11 @@ def admin(postgres: Postgres) -> Iterator[pg8000.dbapi.Connection]:
     )
     seed.create_schema(conn)
     yield conn
-    terminate_function_connections(conn)
-    conn.close()
+    with contextlib.suppress(pg8000.dbapi.InterfaceError):  # a chaos test restarted the server
+        conn.close()
+    fresh = seed.connect(postgres.admin_url)  # leave no function connection to the next test
+    terminate_function_connections(fresh)
+    fresh.close()
 
 
 def terminate_function_connections(conn: pg8000.dbapi.Connection) -> int:
@@ -149,6 +154,17 @@ class Served:
     process: subprocess.Popen
     base: str
     log: Path
+    worker: int = 0
+
+    def worker_pid(self) -> int:
+        """The gunicorn worker serving requests (the master forks it after binding)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            children = psutil.Process(self.process.pid).children()
+            if children:
+                return children[0].pid
+            time.sleep(0.05)
+        raise RuntimeError("no gunicorn worker")
 
 
 @pytest.fixture
@@ -201,3 +217,11 @@ def serve(postgres: Postgres, tmp_path: Path) -> Iterator[Callable[..., Served]]
                 served.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 served.process.kill()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    chaos = sys.modules.get("tests.test_chaos") or sys.modules.get("test_chaos")
+    table = chaos.summary_table() if chaos else ""
+    if table:
+        terminalreporter.write_sep("=", "chaos summary")
+        terminalreporter.write_line(table)

@@ -100,6 +100,9 @@ def test_sslmode_means_what_libpq_means(tmp_path):
         ({**BASE, "DB_POOL_TIMEOUT": "0"}, "DB_POOL_TIMEOUT", "between 0 and 3600"),
         ({**BASE, "DB_CONNECT_TIMEOUT": "soon"}, "DB_CONNECT_TIMEOUT", "not a number"),
         ({**BASE, "DB_STATEMENT_TIMEOUT_MS": "1.5"}, "DB_STATEMENT_TIMEOUT_MS", "whole number"),
+        ({**BASE, "DB_IDLE_TIMEOUT": "-1"}, "DB_IDLE_TIMEOUT", "between 0 and 3600"),
+        ({**BASE, "DB_MAX_WAITING": "-2"}, "DB_MAX_WAITING", "at least 0"),
+        ({**BASE, "DB_APPLICATION_NAME": "a b"}, "DB_APPLICATION_NAME", "letters"),
         ({**BASE, "USERS_COLUMNS": "id,Email"}, "USERS_COLUMNS", "'Email'"),
         ({**BASE, "USERS_COLUMNS": "id;drop table users"}, "USERS_COLUMNS", "plain"),
         ({**BASE, "USERS_COLUMNS": "id,id"}, "USERS_COLUMNS", "twice"),
@@ -168,6 +171,9 @@ def test_defaults():
     assert (settings.pool_size, settings.max_overflow, settings.pool_recycle) == (5, 0, 1800)
     assert 0 < settings.pool_timeout <= 5
     assert settings.statement_timeout_ms / 1000 < 60  # well under the function timeout
+    assert (settings.idle_timeout, settings.max_waiting) == (10.0, None)
+    assert settings.application_name == "users-function"
+    assert load({**BASE, "DB_IDLE_TIMEOUT": "0", "DB_MAX_WAITING": "0"}).idle_timeout == 0
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""`make bench`: the function against its baselines, measured in one interleaved run."""

@@ -1,0 +1,55 @@
+"""The baselines `make bench` serves beside the real function, each with functions-framework.
+
+    functions-framework --source bench/variants.py --target users_nullpool   (etc.)
+
+- `users_nullpool`: the real function with a new connection per request (no pool).
+- `users_rows`: the straightforward path: SQLAlchemy rows -> Python dicts -> JSON.
+- `floor`: a constant JSON answer: what the framework alone costs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+import functions_framework
+from sqlalchemy.pool import NullPool
+
+from bench.reference import rows_as_json
+from lib import config, responses
+from lib.engine import Database
+from lib.users_query import TABLE, Listing, PageRequest, UsersQuery
+
+SETTINGS = config.load_or_exit()
+
+
+class NullPoolDatabase(Database):
+    """The same engine, but every checkout opens (and every checkin closes) a connection."""
+
+    def _pool_args(self) -> dict[str, Any]:
+        return {"poolclass": NullPool, "isolation_level": "AUTOCOMMIT"}
+
+
+NULLPOOL_DB = NullPoolDatabase(SETTINGS)
+POOLED_DB = Database(SETTINGS)
+QUERY = UsersQuery(SETTINGS.columns)
+ROWS_SQL = f"SELECT {', '.join(SETTINGS.columns)} FROM {TABLE} ORDER BY id"
+
+
+@functions_framework.http
+@responses.json_errors
+def users_nullpool(request: flask.Request) -> flask.Response:
+    responses.require_method(request)
+    page = PageRequest.from_args(request.args)
+    return responses.users_json(Listing(NULLPOOL_DB, QUERY, page), page)
+
+
+@functions_framework.http
+def users_rows(request: flask.Request) -> flask.Response:
+    with POOLED_DB.engine().connect() as conn:
+        return flask.Response(rows_as_json(conn, ROWS_SQL), content_type="application/json")
+
+
+@functions_framework.http
+def floor(request: flask.Request) -> flask.Response:
+    return flask.Response('{"users":[]}', content_type="application/json")
