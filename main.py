@@ -8,18 +8,22 @@ process that serves it (see lib/engine.py).
 import flask
 import functions_framework
 
-from lib import config, responses
+from lib import config, responses, telemetry
 from lib.engine import Database
 from lib.users_query import Listing, PageRequest, UsersQuery
 
+telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
 DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=0) per process
 QUERY = UsersQuery(SETTINGS.columns)
 
 
 @functions_framework.http
+@telemetry.logged(DB.pool_state)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
+    if request.path == "/healthz":
+        return responses.health(DB.pool_state())
     responses.require_method(request)
     page = PageRequest.from_args(request.args)
     return responses.users_json(Listing(DB, QUERY, page), page)

@@ -99,6 +99,7 @@ class Database:
         self._connector: Any = None  # google.cloud.sql.connector.Connector, imported lazily
         # When a connection was last found dead: pooled ones idle since then are checked first.
         self._lost_at = 0.0
+        self._waiting = 0  # requests inside checkout(), for pool_state()
         # Admission: connections plus waiters; past it a request is refused at once (503).
         self._admission = (
             threading.BoundedSemaphore(
@@ -128,12 +129,17 @@ class Database:
         """
         if self._admission is not None and not self._admission.acquire(blocking=False):
             raise PoolBusy()
+        with self._lock:
+            self._waiting += 1
         try:
             return self.engine().raw_connection()
         except BaseException:
             if self._admission is not None:
                 self._admission.release()
             raise
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def release(self, conn: PoolProxiedConnection) -> None:
         conn.close()
@@ -157,6 +163,21 @@ class Database:
             self._lost_at = time.monotonic()
             conn.invalidate(exc)
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+
+    def pool_state(self) -> dict[str, Any]:
+        """The pool's counters, read without touching the database (for logs and /healthz)."""
+        engine = self._engine
+        if engine is None:
+            return {"started": False, "size": self.settings.pool_size}
+        pool: Any = engine.pool  # QueuePool
+        return {
+            "started": True,
+            "size": self.settings.pool_size,
+            "max_overflow": self.settings.max_overflow,
+            "in_use": pool.checkedout(),
+            "idle": pool.checkedin(),
+            "waiting": self._waiting,
+        }
 
     def close(self) -> None:
         """Close every pooled connection and the Connector (at shutdown)."""

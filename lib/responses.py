@@ -9,9 +9,11 @@ No response ever carries a traceback, a DSN or a password.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import flask
 from sqlalchemy import exc as sa_exc
@@ -75,14 +77,19 @@ def users_json(listing: Listing, request: PageRequest) -> flask.Response:
         return flask.Response(head + "]}", content_type=JSON)
 
     def chunks() -> Iterator[bytes]:
-        yield head.encode()
-        for text in listing.rest():
-            yield text.encode()
-        yield b"]}"
+        for text in itertools.chain([head], listing.rest(), ["]}"]):
+            data = text.encode()
+            listing.stats.bytes += len(data)
+            yield data
 
     response = flask.Response(chunks(), content_type=JSON)
     response.call_on_close(listing.close)  # also when the body is never read (HEAD, client gone)
     return response
+
+
+def health(pool: dict[str, Any]) -> flask.Response:
+    """Liveness plus the pool's counters; never opens a connection."""
+    return flask.Response(json.dumps({"status": "ok", "pool": pool}), content_type=JSON)
 
 
 def json_errors(handler: Callable[[flask.Request], flask.Response]) -> Callable:

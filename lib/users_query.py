@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.pool import PoolProxiedConnection
 
+from lib import telemetry
 from lib.config import ConfigError
 from lib.engine import ConnectionLost, Database
 
@@ -128,6 +130,7 @@ class Listing:
         self._db = db
         self._query = query
         self._conn: PoolProxiedConnection | None = None
+        self.stats = telemetry.current()  # kept: later pages stream after the handler returns
         limit = request.limit or PAGE_ROWS
         try:
             try:
@@ -135,6 +138,7 @@ class Listing:
             except ConnectionLost:
                 # The pooled connection was dead (server restart, failover, idle cut) and
                 # nothing has been sent yet: one retry on a fresh connection hides it.
+                self.stats.retried = True
                 self.first = self._first_page(request.after, limit)
         except BaseException:
             self.close()
@@ -144,17 +148,27 @@ class Listing:
 
     def _first_page(self, after: int, limit: int) -> Page:
         self.close()
+        started = time.perf_counter()
         self._conn = self._db.checkout()
+        self.stats.pool_wait_ms += (time.perf_counter() - started) * 1000
         if not self._query.checked:
             self._query.check_columns(self._db, self._conn)
-        return self._query.fetch(self._db, self._conn, after, limit)
+        return self._fetch(self._conn, after, limit)
+
+    def _fetch(self, conn: PoolProxiedConnection, after: int, limit: int) -> Page:
+        started = time.perf_counter()
+        page = self._query.fetch(self._db, conn, after, limit)
+        self.stats.query_ms += (time.perf_counter() - started) * 1000
+        self.stats.queries += 1
+        self.stats.rows += page.rows
+        return page
 
     def rest(self) -> Iterator[str]:
         """JSON text of the pages after the first, each starting with a comma."""
         try:
             page = self.first
             while page.more and self._conn is not None:
-                page = self._query.fetch(self._db, self._conn, page.last_id or 0, PAGE_ROWS)
+                page = self._fetch(self._conn, page.last_id or 0, PAGE_ROWS)
                 if page.rows:
                     yield "," + page.json
         finally:

@@ -20,6 +20,7 @@ RUNTIME_FILES = {
     "lib/config.py",
     "lib/engine.py",
     "lib/responses.py",
+    "lib/telemetry.py",
     "lib/users_query.py",
 }
 

@@ -1,0 +1,106 @@
+"""Structured request logs for Cloud Logging, Server-Timing, and /healthz."""
+
+from __future__ import annotations
+
+import json
+
+from lib import seed, telemetry, users_query
+from tests.conftest import free_port, function_connections
+
+
+def log_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def request_lines(text: str) -> list[dict]:
+    return [line for line in log_lines(text) if "httpRequest" in line]
+
+
+def test_one_structured_line_per_request_with_trace_and_pool_state(
+    admin, make_app, capsys, monkeypatch
+):
+    seed.seed_users(admin, 7, progress=False)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "my-proj")
+    client = make_app().test_client()
+    capsys.readouterr()
+    response = client.get(
+        "/?limit=5",
+        headers={
+            "X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/123;o=1",
+            "User-Agent": "probe/1",
+        },
+    )
+    [line] = request_lines(capsys.readouterr().out)
+    assert line["severity"] == "INFO"
+    assert line["httpRequest"]["status"] == 200
+    assert line["httpRequest"]["requestUrl"] == "/"  # query values stay out of logs
+    assert line["httpRequest"]["userAgent"] == "probe/1"
+    assert (
+        line["logging.googleapis.com/trace"]
+        == "projects/my-proj/traces/0af7651916cd43dd8448eb211c80319c"
+    )
+    assert line["logging.googleapis.com/spanId"] == f"{123:016x}"
+    assert (line["rows"], line["queries"], line["bytes"]) == (5, 1, len(response.data))
+    assert (
+        line["pool"]["in_use"] == 0 and line["pool"]["idle"] == 1 and line["pool"]["waiting"] == 0
+    )
+    assert line["pool_wait_ms"] >= 0 and line["query_ms"] > 0
+    timing = response.headers["Server-Timing"]
+    assert timing.startswith("pool;dur=") and ", db;dur=" in timing
+
+
+def test_streamed_response_is_logged_once_complete(admin, make_app, capsys, monkeypatch):
+    monkeypatch.setattr(users_query, "PAGE_ROWS", 4)
+    seed.seed_users(admin, 10, progress=False)
+    client = make_app().test_client()
+    capsys.readouterr()
+    response = client.get("/")
+    body = response.data
+    response.close()  # what the WSGI server does after the last byte
+    [line] = request_lines(capsys.readouterr().out)
+    assert (line["rows"], line["queries"], line["bytes"]) == (10, 3, len(body))
+
+
+def test_failures_are_logged_as_warnings_without_secrets(admin, make_app, capsys):
+    url = f"postgresql://u:SECRET-77@127.0.0.1:{free_port()}/db?sslmode=disable"
+    client = make_app(DATABASE_URL=url, DB_CONNECT_TIMEOUT="1").test_client()
+    capsys.readouterr()
+    assert (
+        client.get("/", headers={"traceparent": f"00-{'a' * 32}-{'b' * 16}-01"}).status_code == 503
+    )
+    out = capsys.readouterr().out
+    [line] = request_lines(out)
+    assert line["severity"] == "WARNING" and line["httpRequest"]["status"] == 503
+    assert line["logging.googleapis.com/trace"].endswith("a" * 32)
+    assert any(entry.get("logger") == "lib.responses" for entry in log_lines(out))
+    assert "SECRET-77" not in out
+
+
+def test_healthz_reports_the_pool_without_connecting(admin, make_app):
+    client = make_app().test_client()
+    health = client.get("/healthz").get_json()
+    assert health == {"status": "ok", "pool": {"started": False, "size": 5}}
+    assert function_connections(admin) == 0
+    client.get("/")
+    pool = client.get("/healthz").get_json()["pool"]
+    assert (pool["in_use"], pool["idle"], pool["waiting"]) == (0, 1, 0)
+
+
+def test_healthz_answers_while_the_database_is_unreachable(make_app):
+    client = make_app(DATABASE_URL=f"postgresql://u:p@127.0.0.1:{free_port()}/db").test_client()
+    assert client.get("/").status_code == 503
+    assert client.get("/healthz").get_json()["status"] == "ok"
+
+
+def test_trace_header_parsing(monkeypatch):
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.delenv("GCP_PROJECT", raising=False)
+    assert telemetry.trace_fields({}) == {}
+    assert telemetry.trace_fields({"X-Cloud-Trace-Context": "nonsense"}) == {}
+    assert telemetry.trace_fields({"X-Cloud-Trace-Context": "0" * 32}) == {
+        "logging.googleapis.com/trace": "0" * 32
+    }
+    assert telemetry.trace_fields({"traceparent": f"00-{'1' * 32}-{'2' * 16}-00"}) == {
+        "logging.googleapis.com/trace": "1" * 32,
+        "logging.googleapis.com/spanId": "2" * 16,
+    }
