@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 USERS  ?= 1000
 
-.PHONY: run test lint fmt bench clean
+.PHONY: run test lint fmt bench plan clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## plan: safe --max-instances/--concurrency/THREADS for a database (PLAN_ARGS="--url ..." or "--max-connections 25")
+plan: $(STAMP)
+	$(BIN)/python -m lib.capacity $(PLAN_ARGS)
 
 ## lint: ruff, as CI runs it
 lint: $(STAMP)

@@ -64,12 +64,20 @@ class Settings:
     application_name: str
     idle_timeout: float  # 0 = never close idle connections
     max_waiting: int | None  # requests allowed to wait for a connection; None = no limit
+    transaction_pooler: bool  # behind PgBouncer & co: no session settings of our own
     url: URL | None = None  # set when DATABASE_URL is used (password hidden by repr)
     connect_args: Mapping[str, Any] = field(default_factory=dict, repr=False)
     cloud_sql: CloudSql | None = None
 
     def startup_params(self) -> dict[str, str]:
-        """Session settings sent in the startup packet: set once per connection, no round trip."""
+        """Session settings sent in the startup packet: set once per connection, no round trip.
+
+        A transaction pooler (PgBouncer) rejects most startup parameters and would not keep
+        them on the server connection anyway: there, set them on the role (see
+        sql/readonly_role.sql) and send only what poolers track.
+        """
+        if self.transaction_pooler:
+            return {"TimeZone": "UTC"}
         return {
             "TimeZone": "UTC",
             "statement_timeout": str(self.statement_timeout_ms),
@@ -106,6 +114,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "application_name": _application_name(env.get("DB_APPLICATION_NAME", "")),
         "idle_timeout": _float(env, "DB_IDLE_TIMEOUT", 10.0, allow_zero=True),
         "max_waiting": _int(env, "DB_MAX_WAITING", None, minimum=0),
+        "transaction_pooler": _bool(env, "DB_TRANSACTION_POOLER"),
     }
     if has_url:
         url, connect_args = parse_database_url(env["DATABASE_URL"].strip())

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from lib.capacity import check_budget
 from lib.config import CloudSql, Settings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Database:
         # When a connection was last found dead: pooled ones idle since then are checked first.
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
+        self._budget_checked = False
         # Admission: connections plus waiters; past it a request is refused at once (503).
         self._admission = (
             threading.BoundedSemaphore(
@@ -196,6 +198,7 @@ class Database:
             self._engine.dispose(close=False)
         self._engine = None
         self._connector = None  # its event-loop thread did not survive the fork
+        self._budget_checked = False
 
     def _build(self) -> Engine:
         s = self.settings
@@ -264,8 +267,15 @@ class Database:
             sock = getattr(dbapi_connection, "_usock", None)
             if sock is not None:
                 sock.settimeout(read_timeout)
-            if idle_timeout:
-                set_idle_session_timeout(dbapi_connection, idle_timeout)
+            if not self.settings.transaction_pooler:
+                if idle_timeout:
+                    set_idle_session_timeout(dbapi_connection, idle_timeout)
+                if not self._budget_checked:
+                    self._budget_checked = True
+                    try:
+                        check_budget(dbapi_connection, self.settings)
+                    except Exception as exc:  # noqa: BLE001 - advice only, never fatal
+                        log.info("connection budget not checked: %s", type(exc).__name__)
             record.info["idle_since"] = time.monotonic()
 
         @event.listens_for(engine, "checkin")

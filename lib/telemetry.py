@@ -146,6 +146,7 @@ class JsonLogFormatter(logging.Formatter):
             "message": record.getMessage(),
             "logger": record.name,
         }
+        entry.update(getattr(record, "json_fields", {}))
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"))

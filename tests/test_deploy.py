@@ -17,6 +17,7 @@ RUNTIME_FILES = {
     "main.py",
     "requirements.txt",
     "lib/__init__.py",
+    "lib/capacity.py",
     "lib/config.py",
     "lib/engine.py",
     "lib/responses.py",

@@ -1,0 +1,176 @@
+"""Connection budget: how many instances the database can take, and the startup check.
+
+Every gunicorn worker of every instance has its own pool, and Cloud Run can briefly run
+more instances than --max-instances during a spike (up to about 2x). So the fleet can hold
+
+    max_instances x overshoot x workers x (pool_size + max_overflow)
+
+connections, which must fit in max_connections - reserved - other clients.
+
+    python -m lib.capacity --max-connections 25 --reserved 3 --other 2   # or --url to read them
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from lib.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    max_connections: int
+    reserved: int
+    other: int
+    workers: int
+    pool_size: int
+    max_overflow: int
+    overshoot: float
+
+    @property
+    def available(self) -> int:
+        return self.max_connections - self.reserved - self.other
+
+    @property
+    def per_instance(self) -> int:
+        return self.workers * (self.pool_size + self.max_overflow)
+
+    @property
+    def max_instances(self) -> int:
+        """The most instances whose worst-case burst still fits (0: not even one does)."""
+        return max(int(self.available // (self.per_instance * self.overshoot)), 0)
+
+    @property
+    def threads(self) -> int:
+        """Per worker: as many request threads as connections, so none waits for the pool."""
+        return self.pool_size + self.max_overflow
+
+    def explain(self) -> str:
+        lines = [
+            f"available   = max_connections {self.max_connections} - reserved {self.reserved}"
+            f" - other clients {self.other} = {self.available}",
+            f"per instance = workers {self.workers} x (pool_size {self.pool_size}"
+            f" + max_overflow {self.max_overflow}) = {self.per_instance}",
+            f"max instances = floor({self.available} / ({self.per_instance} x overshoot "
+            f"{self.overshoot:g})) = {self.max_instances}",
+        ]
+        if self.max_instances == 0:
+            lines.append(
+                "does not fit: even one instance's burst exceeds the budget. Lower DB_POOL_SIZE "
+                "or WORKERS, raise max_connections, or put a transaction pooler in front."
+            )
+        else:
+            concurrency = self.workers * self.threads
+            lines.append(
+                f"gcloud functions deploy ... --max-instances={self.max_instances} "
+                f"--concurrency={concurrency} "
+                f"--set-env-vars=WORKERS={self.workers},THREADS={self.threads},"
+                f"DB_POOL_SIZE={self.pool_size},DB_MAX_OVERFLOW={self.max_overflow}"
+            )
+        return "\n".join(lines)
+
+
+def check_budget(dbapi_connection: Any, settings: Settings) -> None:
+    """On a process's first connection: one structured warning if the fleet cannot fit.
+
+    The fleet is FLEET_MAX_INSTANCES (cloudbuild.yaml sets it) when known; otherwise the
+    connections already carrying our application_name plus this process's full pool.
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute(
+        "SELECT current_setting('max_connections')::int, "
+        "current_setting('superuser_reserved_connections')::int, "
+        "count(*) FILTER (WHERE application_name = %s), count(*) "
+        "FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        (settings.application_name,),
+    )
+    max_connections, reserved, ours, everyone = cursor.fetchone()
+    cursor.close()
+    plan = Plan(
+        max_connections,
+        reserved,
+        everyone - ours,
+        int(os.environ.get("WORKERS") or 1),
+        settings.pool_size,
+        settings.max_overflow,
+        OVERSHOOT,
+    )
+    instances = os.environ.get("FLEET_MAX_INSTANCES", "").strip()
+    if instances.isdigit():
+        fits, fleet = int(instances) <= plan.max_instances, f"{instances} instances"
+    else:
+        fits, fleet = ours - 1 + plan.per_instance <= plan.available, f"{ours} connections seen"
+    if not fits:
+        log.warning(
+            "connection budget exceeded (%s): %s",
+            fleet,
+            plan.explain().replace("\n", "; "),
+            extra={
+                "json_fields": {
+                    "budget": {
+                        "available": plan.available,
+                        "per_instance": plan.per_instance,
+                        "max_instances": plan.max_instances,
+                    }
+                }
+            },
+        )
+
+
+OVERSHOOT = 2.0  # Cloud Run may run up to ~2x --max-instances during a spike
+
+
+def read_server(url: str) -> tuple[int, int, int]:
+    """max_connections, superuser_reserved_connections and current client backends."""
+    from lib import seed  # the owner tooling's connect (pg8000 + our URL parsing)
+
+    conn = seed.connect(url)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int, "
+            "current_setting('superuser_reserved_connections')::int, "
+            "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') - 1"
+        )
+        return tuple(cursor.fetchone())  # type: ignore[return-value]
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="read max_connections, reserved and other clients live")
+    parser.add_argument("--max-connections", type=int, default=25, help="default: db-f1-micro")
+    parser.add_argument("--reserved", type=int, default=3, help="superuser_reserved_connections")
+    parser.add_argument("--other", type=int, default=0, help="connections of other clients")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--pool-size", type=int, default=5)
+    parser.add_argument("--max-overflow", type=int, default=0)
+    parser.add_argument("--overshoot", type=float, default=OVERSHOOT)
+    args = parser.parse_args(argv)
+    if args.url:
+        args.max_connections, args.reserved, args.other = read_server(args.url)
+    plan = Plan(
+        args.max_connections,
+        args.reserved,
+        args.other,
+        args.workers,
+        args.pool_size,
+        args.max_overflow,
+        args.overshoot,
+    )
+    print(plan.explain())
+    return 0 if plan.max_instances > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
