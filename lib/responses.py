@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import flask
+import pg8000.dbapi
 from sqlalchemy import exc as sa_exc
 
 from lib.config import ConfigError
@@ -30,6 +31,7 @@ RETRY_AFTER_S = "1"
 # SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html)
 _UNAVAILABLE_CLASSES = ("08", "53", "57P")  # connection exception, resources, shutdown/startup
 _QUERY_CANCELED = "57014"  # statement_timeout
+_LOGIN_FAILED = ("28", "3D000")  # bad password / role, unknown database: misconfiguration
 
 
 class HttpError(Exception):
@@ -124,14 +126,19 @@ def database_error(exc: Exception) -> flask.Response:
     if code == _QUERY_CANCELED:
         log.warning("statement timeout")
         return json_error(504, "statement_timeout", "The database query took too long.")
+    if code is not None and code.startswith(_LOGIN_FAILED):
+        log.error("database login failed: %s", _describe(exc))
+        return json_error(
+            500, "configuration_error", "The function cannot log in to its database (see its log)."
+        )
     if _is_unavailable(exc, code):
         log.warning("database unavailable: %s", _describe(exc))
         return json_error(
             503, "database_unavailable", "The database is unavailable; retry shortly.", retry
         )
-    log.error(
-        "unexpected error: %s", _describe(exc), exc_info=not isinstance(exc, sa_exc.DBAPIError)
-    )
+    # A traceback only for what is neither a database nor a driver error: a bug of ours.
+    is_db_error = isinstance(exc, sa_exc.DBAPIError | pg8000.dbapi.Error)
+    log.error("unexpected error: %s", _describe(exc), exc_info=not is_db_error)
     return json_error(500, "internal", "Internal error.")
 
 

@@ -246,6 +246,16 @@ def test_session_settings_are_set_on_each_connection(admin, make_app):
     assert tuple(settings) == ("users-function", "1234ms", "1234ms", "on", "UTC")
 
 
+def test_a_wrong_password_is_a_configuration_error_without_a_traceback(
+    admin, postgres, make_app, capsys
+):
+    response = make_app(DATABASE_URL=postgres.url("postgres", "wrong")).test_client().get("/")
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "configuration_error"
+    out = capsys.readouterr().out
+    assert "28P01" in out and "Traceback" not in out
+
+
 def test_a_password_never_appears_in_responses_or_logs(admin, postgres, make_app, caplog, capsys):
     marker = "S3CRET-MARKER-4d1f"
     admin.cursor().execute(f"CREATE ROLE marker_user LOGIN PASSWORD '{marker}-right'")
