@@ -143,6 +143,34 @@ def make_app(
         module.DB.close()
 
 
+def function_command(port: int) -> list[str]:
+    """`functions-framework --target users` on 127.0.0.1:port, as users run it."""
+    return [functions_framework(), "--target", "users", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def wait_for_port(port: int, seconds: float, process: subprocess.Popen | None = None) -> None:
+    """Until a server listens on 127.0.0.1:port; fail if `process` exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {seconds} s")
+
+
+def slow_users(conn: pg8000.dbapi.Connection, lateral: str) -> None:
+    """Make `users` a view over the table whose queries sleep: `lateral` runs once for each
+    row `r` (so `pg_sleep(0.01)` costs 10 ms a row; a CASE on `r.id` sleeps once)."""
+    cursor = conn.cursor()
+    cursor.execute("ALTER TABLE users RENAME TO real_users")
+    cursor.execute(f"CREATE VIEW users AS SELECT r.* FROM real_users r, LATERAL {lateral} s")
+    cursor.execute("GRANT SELECT ON users TO PUBLIC")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,15 +210,7 @@ def serve(postgres: Postgres, tmp_path: Path) -> Iterator[Callable[..., Served]]
         full_env.update({"DATABASE_URL": postgres.admin_url, "PYTHONUNBUFFERED": "1", **env})
         log = tmp_path / f"function-{port}.log"
         process = subprocess.Popen(
-            [
-                functions_framework(),
-                "--target",
-                "users",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            function_command(port),
             cwd=ROOT,
             env=full_env,
             stdout=log.open("wb"),
@@ -198,16 +218,8 @@ def serve(postgres: Postgres, tmp_path: Path) -> Iterator[Callable[..., Served]]
         )
         served = Served(process, f"http://127.0.0.1:{port}", log)
         started.append(served)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"function exited: {log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return served
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("function did not start listening within 20 s")
+        wait_for_port(port, 20, process)
+        return served
 
     yield start
     for served in started:

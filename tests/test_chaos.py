@@ -14,7 +14,12 @@ import time
 import pytest
 
 from lib import seed
-from tests.conftest import APP_NAME, function_connections, terminate_function_connections
+from tests.conftest import (
+    APP_NAME,
+    function_connections,
+    slow_users,
+    terminate_function_connections,
+)
 from tests.faults import Load, TcpProxy
 
 MARKER = "PW-MARKER-7c41e9"
@@ -152,10 +157,8 @@ def test_connections_killed_by_the_server_are_invisible(chaos, admin):
 
 def test_slow_queries_end_in_504_and_connections_stay_healthy(chaos, admin):
     served = chaos()
+    slow_users(admin, "pg_sleep(1)")
     cursor = admin.cursor()
-    cursor.execute("ALTER TABLE users RENAME TO real_users")
-    cursor.execute("CREATE VIEW users AS SELECT r.* FROM real_users r, LATERAL pg_sleep(1) s")
-    cursor.execute(f"GRANT SELECT ON users TO {seed.READER_ROLE}")
     with Load(served.base, clients=4) as load:
         time.sleep(2)
     cursor.execute(
@@ -221,10 +224,7 @@ def test_network_resets(chaos, admin, proxy):
 
 def test_overload_is_shed_with_fast_503s(chaos, admin):
     served = chaos(DB_POOL_SIZE="2", DB_MAX_WAITING="2", THREADS="16")
-    cursor = admin.cursor()
-    cursor.execute("ALTER TABLE users RENAME TO real_users")
-    cursor.execute("CREATE VIEW users AS SELECT r.* FROM real_users r, LATERAL pg_sleep(0.004) s")
-    cursor.execute(f"GRANT SELECT ON users TO {seed.READER_ROLE}")
+    slow_users(admin, "pg_sleep(0.004)")  # x 50 rows: 0.2 s a request
     with Load(served.base, clients=16) as load:
         time.sleep(3)
     shed = [a for a in load.answers if a.status == 503]
@@ -252,13 +252,7 @@ def test_idle_connections_are_closed(chaos, admin):
 
 def test_shutdown_completes_in_flight_requests_and_closes_connections(chaos, admin):
     served = chaos()
-    cursor = admin.cursor()
-    cursor.execute("ALTER TABLE users RENAME TO real_users")
-    cursor.execute(  # each request takes ~0.4 s
-        "CREATE VIEW users AS SELECT r.* FROM real_users r, "
-        "LATERAL (SELECT pg_sleep(CASE WHEN r.id = 1 THEN 0.4 ELSE 0 END)) s"
-    )
-    cursor.execute(f"GRANT SELECT ON users TO {seed.READER_ROLE}")
+    slow_users(admin, "(SELECT pg_sleep(CASE WHEN r.id = 1 THEN 0.4 ELSE 0 END))")  # 0.4 s each
     with Load(served.base, clients=4) as load:
         time.sleep(0.6)
         served.process.send_signal(signal.SIGTERM)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -17,8 +16,8 @@ import pytest
 
 from lib import seed
 from lib.capacity import Plan
-from lib.devdb import EmbeddedPostgres, free_port, functions_framework
-from tests.conftest import ROOT
+from lib.devdb import EmbeddedPostgres, free_port
+from tests.conftest import ROOT, function_command, wait_for_port
 from tests.faults import Load
 
 MAX_CONNECTIONS = 20
@@ -56,30 +55,16 @@ class Fleet:
         self.ports = [free_port() for _ in range(count)]
         self.processes = [
             subprocess.Popen(
-                [
-                    functions_framework(),
-                    "--target",
-                    "users",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(p),
-                ],
+                function_command(port),
                 cwd=ROOT,
                 env={**base_env, "THREADS": "5", **env},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for p in self.ports
+            for port in self.ports
         ]
-        deadline = time.monotonic() + 90
-        for port in self.ports:
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        for port, process in zip(self.ports, self.processes, strict=True):
+            wait_for_port(port, 90, process)
 
     def stop(self) -> None:
         for p in self.processes:
@@ -171,13 +156,7 @@ def pgbouncer(small_pg):
         cwd="/",
         **user,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_for_port(port, 10, process)
     yield f"postgresql://{seed.READER_ROLE}:{READER_PASSWORD}@127.0.0.1:{port}/postgres?sslmode=disable"
     process.terminate()
     process.wait(timeout=10)

@@ -9,7 +9,12 @@ import time
 import pytest
 
 from lib import users_query
-from tests.conftest import function_connections, insert_users, terminate_function_connections
+from tests.conftest import (
+    function_connections,
+    insert_users,
+    slow_users,
+    terminate_function_connections,
+)
 
 ROWS = [
     ("ada@example.com", "Ada Lovelace", "2024-01-01T00:01:00+00:00"),
@@ -178,13 +183,8 @@ def test_unreachable_database_is_a_fast_503(admin, make_app, caplog):
 
 
 def test_statement_timeout_is_504_and_the_connection_stays_usable(admin, make_app):
+    slow_users(admin, "(SELECT pg_sleep(CASE WHEN r.email = 'slow@example.com' THEN 2 ELSE 0 END))")
     cursor = admin.cursor()
-    cursor.execute("ALTER TABLE users RENAME TO real_users")
-    cursor.execute(
-        "CREATE VIEW users AS SELECT r.* FROM real_users r, "
-        "LATERAL (SELECT pg_sleep(CASE WHEN current_setting('application_name') = "
-        "'users-function' AND r.email = 'slow@example.com' THEN 2 ELSE 0 END)) s"
-    )
     cursor.execute("INSERT INTO real_users (email, name) VALUES ('slow@example.com', 'S')")
     client = make_app(DB_STATEMENT_TIMEOUT_MS="200", DB_POOL_SIZE="1").test_client()
     started = time.monotonic()
