@@ -12,7 +12,6 @@ connections, which must fit in max_connections - reserved - other clients.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -145,6 +144,8 @@ def read_server(url: str) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # the command line only: the function imports this module too (+23 ms)
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from lib import seed
-from tests.conftest import ROOT, function_connections
+from tests.conftest import ROOT, function_connections, terminate_function_connections
 
 IMPORT_PROBE = """
 import socket, sys, threading
@@ -97,3 +100,45 @@ def test_50_concurrent_requests_never_use_more_than_5_connections(admin, postgre
     assert all(len(json.loads(body)["users"]) == 20_000 for _, body in results[:3])
     print(f"\npeak connections from the function under 50 concurrent requests: {peak[0]}")
     assert 2 <= peak[0] <= 5  # it did run requests in parallel, and never past the pool
+
+
+def test_a_stream_cut_mid_way_is_an_incomplete_response_never_valid_json(admin, serve):
+    """Past the first page the status is sent: a failure must abort the HTTP response
+    (no terminating chunk) so no client can mistake a partial listing for the whole."""
+    seed.seed_users(admin, 100_000, progress=False)  # 20 pages: more than socket buffers hold
+    served = serve()
+    host, port = served.base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    assert response.status == 200
+    head = response.read(1000)
+    terminate_function_connections(admin)
+    with pytest.raises(http.client.IncompleteRead):
+        body = head + response.read()
+        json.loads(body)  # not reached: reading fails first
+    conn.close()
+    assert get(served.base + "/?limit=1")[0] == 200  # and the function serves on
+
+
+def test_importing_main_loads_nothing_beyond_its_dependencies_and_lib(postgres):
+    """Cold start: `import main` may cost what functions_framework, sqlalchemy and pg8000 cost,
+    plus our own small modules, and nothing more (an argparse or ssl import would show)."""
+    probe = (
+        "import sys\n"
+        "import functions_framework, sqlalchemy, pg8000\n"
+        "before = set(sys.modules)\n"
+        "import main\n"
+        "new = set(sys.modules) - before\n"
+        "print(sorted(m for m in new if m != 'main' and m.split('.')[0] != 'lib'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": postgres.admin_url},
+    )
+    assert result.stdout.strip() == "[]"
