@@ -231,7 +231,19 @@ def serve(postgres: Postgres, tmp_path: Path) -> Iterator[Callable[..., Served]]
                 served.process.kill()
 
 
+FIGURES: list[str] = []
+
+
+def figure(line: str) -> None:
+    """A measured figure to print at the end of the run (pytest hides a passing test's output)."""
+    FIGURES.append(line)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.write_sep("=", "figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
     chaos = sys.modules.get("tests.test_chaos") or sys.modules.get("test_chaos")
     table = chaos.summary_table() if chaos else ""
     if table:

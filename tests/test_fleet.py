@@ -17,7 +17,7 @@ import pytest
 from lib import seed
 from lib.capacity import Plan
 from lib.devdb import EmbeddedPostgres, free_port
-from tests.conftest import ROOT, function_command, wait_for_port
+from tests.conftest import ROOT, figure, function_command, wait_for_port
 from tests.faults import Load
 
 MAX_CONNECTIONS = 20
@@ -118,8 +118,8 @@ def test_planned_fleet_never_meets_too_many_clients(small_pg):
     finally:
         fleet.stop()
     statuses = {a.status for a in answers}
-    print(
-        f"\nplanned fleet: {plan.max_instances} instances x 5, {len(answers)} requests, "
+    figure(
+        f"planned fleet: {plan.max_instances} instances x 5, {len(answers)} requests, "
         f"statuses {sorted(statuses)}, peak server connections {peak} (max_connections "
         f"{MAX_CONNECTIONS}, {plan.available} available)"
     )
@@ -171,8 +171,8 @@ def test_twenty_instances_share_ten_server_connections_through_pgbouncer(small_p
     statuses: dict[int, int] = {}
     for a in answers:
         statuses[a.status] = statuses.get(a.status, 0) + 1
-    print(
-        f"\npgbouncer: 20 instances x 5 client connections, {len(answers)} requests, "
+    figure(
+        f"pgbouncer: 20 instances x 5 client connections, {len(answers)} requests, "
         f"statuses {statuses}, peak server connections {peak}"
     )
     assert statuses.keys() == {200}

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lib import seed
-from tests.conftest import ROOT
+from tests.conftest import ROOT, figure
 
 SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
 EXAMPLES = 2000
@@ -132,6 +132,6 @@ def test_generated_requests_match_the_spec(live):
             assert response.getheader("Allow") == "GET, HEAD"
 
     one()
-    print(f"\nfuzz: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}")
+    figure(f"fuzz: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}")
     assert seen.get(200, 0) > 100 and seen.get(400, 0) > 100  # both sides were exercised
     assert "Traceback" not in served.log.read_text()

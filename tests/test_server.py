@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lib import seed
-from tests.conftest import ROOT, function_connections, terminate_function_connections
+from tests.conftest import ROOT, figure, function_connections, terminate_function_connections
 
 IMPORT_PROBE = """
 import socket, sys, threading
@@ -98,7 +98,7 @@ def test_50_concurrent_requests_never_use_more_than_5_connections(admin, postgre
     statuses = [status for status, _ in results]
     assert statuses == [200] * 50
     assert all(len(json.loads(body)["users"]) == 20_000 for _, body in results[:3])
-    print(f"\npeak connections from the function under 50 concurrent requests: {peak[0]}")
+    figure(f"peak connections from the function under 50 concurrent requests: {peak[0]}")
     assert 2 <= peak[0] <= 5  # it did run requests in parallel, and never past the pool
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
+import yaml
+
 from lib import seed, telemetry, users_query
-from tests.conftest import free_port, function_connections
+from tests.conftest import ROOT, free_port, function_connections
 
 
 def log_lines(text: str) -> list[dict]:
@@ -82,8 +85,12 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
     assert health == {"status": "ok", "pool": {"started": False, "size": 5}}
     assert function_connections(admin) == 0
     client.get("/")
-    pool = client.get("/healthz").get_json()["pool"]
-    assert (pool["in_use"], pool["idle"], pool["waiting"]) == (0, 1, 0)
+    body = client.get("/healthz").get_json()
+    assert (body["pool"]["in_use"], body["pool"]["idle"], body["pool"]["waiting"]) == (0, 1, 0)
+    spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    schema = spec["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]
+    jsonschema.validate(body, schema["schema"])
+    jsonschema.validate(health, schema["schema"])
 
 
 def test_healthz_answers_while_the_database_is_unreachable(make_app):
