@@ -24,6 +24,7 @@ import pytest
 from lib import seed
 from lib.config import parse_database_url
 from lib.devdb import POSTGRES_MAJOR, EmbeddedPostgres, functions_framework
+from tests import report
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = "users-function"
@@ -231,21 +232,11 @@ def serve(postgres: Postgres, tmp_path: Path) -> Iterator[Callable[..., Served]]
                 served.process.kill()
 
 
-FIGURES: list[str] = []
-
-
-def figure(line: str) -> None:
-    """A measured figure to print at the end of the run (pytest hides a passing test's output)."""
-    FIGURES.append(line)
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FIGURES:
+    if report.FIGURES:
         terminalreporter.write_sep("=", "figures")
-        for line in FIGURES:
+        for line in report.FIGURES:
             terminalreporter.write_line(line)
-    chaos = sys.modules.get("tests.test_chaos") or sys.modules.get("test_chaos")
-    table = chaos.summary_table() if chaos else ""
-    if table:
+    if report.CHAOS:
         terminalreporter.write_sep("=", "chaos summary")
-        terminalreporter.write_line(table)
+        terminalreporter.write_line(report.chaos_table())

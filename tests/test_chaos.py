@@ -21,6 +21,7 @@ from tests.conftest import (
     terminate_function_connections,
 )
 from tests.faults import Load, TcpProxy
+from tests.report import CHAOS
 
 MARKER = "PW-MARKER-7c41e9"
 POOL_TIMEOUT, CONNECT_TIMEOUT, STATEMENT_TIMEOUT = 1.0, 1.0, 0.5
@@ -29,7 +30,6 @@ READ_TIMEOUT = STATEMENT_TIMEOUT + CONNECT_TIMEOUT  # lib/engine.py: the socket 
 # timing out) and one retry on a new connection that also times out.
 BUDGET = POOL_TIMEOUT + 2 * (CONNECT_TIMEOUT + READ_TIMEOUT) + 0.5
 RECOVERY = 2.0
-SUMMARY: list[dict] = []
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def check(
         "recovery s": "-" if recovery is None else f"{recovery:.2f}",
         "connections after": after,
     }
-    SUMMARY.append(row)
+    CHAOS.append(row)
     return row
 
 
@@ -265,7 +265,7 @@ def test_shutdown_completes_in_flight_requests_and_closes_connections(chaos, adm
         time.sleep(0.05)
     left = function_connections(admin)
     assert left == 0, f"{left} connections still open 1 s after shutdown"
-    SUMMARY.append(
+    CHAOS.append(
         {
             "fault": "SIGTERM with requests in flight",
             "requests": len(in_flight),
@@ -275,13 +275,3 @@ def test_shutdown_completes_in_flight_requests_and_closes_connections(chaos, adm
             "connections after": f"{left} (1 s after exit)",
         }
     )
-
-
-def summary_table() -> str:
-    """The table for README's Reliability section, printed at the end of the run."""
-    if not SUMMARY:
-        return ""
-    keys = list(SUMMARY[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in SUMMARY]
-    return "\n".join(lines)

@@ -17,8 +17,9 @@ import pytest
 from lib import seed
 from lib.capacity import Plan
 from lib.devdb import EmbeddedPostgres, free_port
-from tests.conftest import ROOT, figure, function_command, wait_for_port
+from tests.conftest import ROOT, function_command, wait_for_port
 from tests.faults import Load
+from tests.report import figure
 
 MAX_CONNECTIONS = 20
 READER_PASSWORD = "fleet-pw"

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lib import seed
-from tests.conftest import ROOT, figure
+from tests.conftest import ROOT
+from tests.report import figure
 
 SPEC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
 EXAMPLES = 2000

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lib import seed
-from tests.conftest import ROOT, figure, function_connections, terminate_function_connections
+from tests.conftest import ROOT, function_connections, terminate_function_connections
+from tests.report import figure
 
 IMPORT_PROBE = """
 import socket, sys, threading
