@@ -144,6 +144,19 @@ def make_app(
         module.DB.close()
 
 
+def run_python(code: str, env: dict[str, str]) -> str:
+    """Run `code` in a fresh interpreter in the repo with only `env` (and PATH); its stdout."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
 def function_command(port: int) -> list[str]:
     """`functions-framework --target users` on 127.0.0.1:port, as users run it."""
     return [functions_framework(), "--target", "users", "--host", "127.0.0.1", "--port", str(port)]

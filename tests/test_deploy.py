@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_python
 
 RUNTIME_FILES = {
     "main.py",
@@ -49,18 +48,10 @@ def test_every_module_main_imports_is_uploaded(postgres):
         "for m in list(sys.modules.values()):\n"
         "    print(getattr(m, '__file__', None) or '')"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": postgres.admin_url},
-    )
+    stdout = run_python(probe, {"DATABASE_URL": postgres.admin_url})
     ours = {
         str(path.relative_to(ROOT))
-        for path in map(Path, result.stdout.split())
+        for path in map(Path, stdout.split())
         if path.is_relative_to(ROOT) and ".venv" not in path.parts
     }
     assert ours <= RUNTIME_FILES, ours - RUNTIME_FILES

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -15,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lib import seed
-from tests.conftest import ROOT, function_connections, terminate_function_connections
+from tests.conftest import function_connections, run_python, terminate_function_connections
 from tests.report import figure
 
 IMPORT_PROBE = """
@@ -31,16 +29,7 @@ print({"connects": len(connects), "threads": threading.active_count(), "heavy": 
 
 
 def probe_import(env: dict[str, str]) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own probe's dict
+    return eval(run_python(IMPORT_PROBE, env).strip().splitlines()[-1])  # noqa: S307 - our probe
 
 
 def test_importing_main_opens_no_connection_starts_no_thread_loads_no_connector(postgres):
@@ -133,13 +122,4 @@ def test_importing_main_loads_nothing_beyond_its_dependencies_and_lib(postgres):
         "new = set(sys.modules) - before\n"
         "print(sorted(m for m in new if m != 'main' and m.split('.')[0] != 'lib'))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": postgres.admin_url},
-    )
-    assert result.stdout.strip() == "[]"
+    assert run_python(probe, {"DATABASE_URL": postgres.admin_url}).strip() == "[]"
