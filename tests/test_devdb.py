@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.request
 
-from tests.conftest import ROOT, free_port
+from lib import seed
+from tests.conftest import ROOT, free_port, wait_for_port
 
 
 def test_local_run_serves_seeded_users_and_stops_cleanly(tmp_path):
@@ -42,3 +43,26 @@ def test_local_run_serves_seeded_users_and_stops_cleanly(tmp_path):
         output = process.communicate(timeout=30)[0]
     assert "serving http://127.0.0.1:" in output
     assert not (datadir / "postmaster.pid").exists()  # the database stopped too
+
+
+def test_local_run_with_database_url_serves_that_database(admin, postgres, tmp_path):
+    seed.seed_users(admin, 4, progress=False)
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "DATABASE_URL": postgres.admin_url}
+    datadir = tmp_path / "unused"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lib.devdb", "run", "--datadir", str(datadir), "--users", "25"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 30, process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            body = json.loads(response.read())
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert [u["id"] for u in body["users"]] == [1, 2, 3, 4]  # that table, not seeded to 25
+    assert not datadir.exists()  # no embedded server was started
