@@ -22,6 +22,8 @@ from lib.config import Settings
 
 log = logging.getLogger(__name__)
 
+OVERSHOOT = 2.0  # Cloud Run may run up to ~2x --max-instances during a spike
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -82,16 +84,9 @@ def check_budget(dbapi_connection: Any, settings: Settings) -> None:
     The fleet is FLEET_MAX_INSTANCES (cloudbuild.yaml sets it) when known; otherwise the
     connections already carrying our application_name plus this process's full pool.
     """
-    cursor = dbapi_connection.cursor()
-    cursor.execute(
-        "SELECT current_setting('max_connections')::int, "
-        "current_setting('superuser_reserved_connections')::int, "
-        "count(*) FILTER (WHERE application_name = %s), count(*) "
-        "FROM pg_stat_activity WHERE backend_type = 'client backend'",
-        (settings.application_name,),
+    max_connections, reserved, ours, everyone = read_budget(
+        dbapi_connection, settings.application_name
     )
-    max_connections, reserved, ours, everyone = cursor.fetchone()
-    cursor.close()
     plan = Plan(
         max_connections,
         reserved,
@@ -123,24 +118,32 @@ def check_budget(dbapi_connection: Any, settings: Settings) -> None:
         )
 
 
-OVERSHOOT = 2.0  # Cloud Run may run up to ~2x --max-instances during a spike
+def read_budget(dbapi_connection: Any, application_name: str) -> tuple[int, int, int, int]:
+    """max_connections, superuser_reserved_connections, client backends carrying
+    `application_name`, and all client backends (this connection included)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute(
+        "SELECT current_setting('max_connections')::int, "
+        "current_setting('superuser_reserved_connections')::int, "
+        "count(*) FILTER (WHERE application_name = %s), count(*) "
+        "FROM pg_stat_activity WHERE backend_type = 'client backend'",
+        (application_name,),
+    )
+    row = cursor.fetchone()
+    cursor.close()
+    return tuple(row)  # type: ignore[return-value]
 
 
 def read_server(url: str) -> tuple[int, int, int]:
-    """max_connections, superuser_reserved_connections and current client backends."""
+    """max_connections, reserved connections and other clients (all but this one), live."""
     from lib import seed  # the owner tooling's connect (pg8000 + our URL parsing)
 
     conn = seed.connect(url)
     try:
-        cursor = conn.cursor()
-        cursor.execute(
-            "SELECT current_setting('max_connections')::int, "
-            "current_setting('superuser_reserved_connections')::int, "
-            "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') - 1"
-        )
-        return tuple(cursor.fetchone())  # type: ignore[return-value]
+        max_connections, reserved, _, everyone = read_budget(conn, "")
     finally:
         conn.close()
+    return max_connections, reserved, everyone - 1
 
 
 def main(argv: list[str] | None = None) -> int:

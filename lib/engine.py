@@ -60,11 +60,20 @@ class PoolBusy(Exception):
     """Every connection is in use and DB_MAX_WAITING requests already wait for one."""
 
 
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception, when SQLAlchemy wrapped it."""
+    return getattr(exc, "orig", None) or exc
+
+
+def server_fields(exc: BaseException) -> dict[str, str] | None:
+    """The server's error fields (C: SQLSTATE, M: message) of a pg8000 error, else None."""
+    args = driver_error(exc).args
+    return args[0] if args and isinstance(args[0], dict) else None
+
+
 def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a pg8000 error (also when wrapped by SQLAlchemy), else None."""
-    orig = getattr(exc, "orig", None) or exc
-    fields = orig.args[0] if orig.args else None
-    return fields.get("C") if isinstance(fields, dict) else None
+    fields = server_fields(exc)
+    return fields.get("C") if fields else None
 
 
 def is_disconnect(exc: BaseException) -> bool:

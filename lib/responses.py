@@ -20,7 +20,15 @@ import pg8000.dbapi
 from sqlalchemy import exc as sa_exc
 
 from lib.config import ConfigError
-from lib.engine import ConnectError, ConnectionLost, PoolBusy, is_disconnect, sqlstate
+from lib.engine import (
+    ConnectError,
+    ConnectionLost,
+    PoolBusy,
+    driver_error,
+    is_disconnect,
+    server_fields,
+    sqlstate,
+)
 from lib.users_query import BadRequest, Listing, PageRequest, encode_cursor
 
 log = logging.getLogger(__name__)
@@ -151,8 +159,7 @@ def _is_unavailable(exc: Exception, code: str | None) -> bool:
 
 def _describe(exc: BaseException) -> str:
     """Exception type, SQLSTATE and server message: never the statement's DSN or parameters."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
-    fields = orig.args[0] if orig is not None and orig.args else None
-    if isinstance(fields, dict):
+    orig, fields = driver_error(exc), server_fields(exc)
+    if fields:
         return f"{type(orig).__name__} {fields.get('C')}: {fields.get('M')}"
     return f"{type(orig).__name__}: {orig}"

@@ -23,7 +23,7 @@ import pytest
 
 from lib import seed
 from lib.config import parse_database_url
-from lib.devdb import POSTGRES_MAJOR, EmbeddedPostgres, functions_framework
+from lib.devdb import POSTGRES_MAJOR, EmbeddedPostgres, free_port, functions_framework
 from tests import report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,12 +183,6 @@ def slow_users(conn: pg8000.dbapi.Connection, lateral: str) -> None:
     cursor.execute("ALTER TABLE users RENAME TO real_users")
     cursor.execute(f"CREATE VIEW users AS SELECT r.* FROM real_users r, LATERAL {lateral} s")
     cursor.execute("GRANT SELECT ON users TO PUBLIC")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

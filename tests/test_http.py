@@ -9,6 +9,7 @@ import time
 import pytest
 
 from lib import users_query
+from lib.devdb import free_port
 from tests.conftest import (
     function_connections,
     insert_users,
@@ -170,8 +171,6 @@ def test_bad_parameters_are_400_json(admin, make_app, query):
 
 
 def test_unreachable_database_is_a_fast_503(admin, make_app, caplog):
-    from tests.conftest import free_port
-
     url = f"postgresql://u:p@127.0.0.1:{free_port()}/db?sslmode=disable"
     client = make_app(DATABASE_URL=url, DB_CONNECT_TIMEOUT="2").test_client()
     started = time.monotonic()
@@ -260,8 +259,6 @@ def test_a_password_never_appears_in_responses_or_logs(admin, postgres, make_app
     marker = "S3CRET-MARKER-4d1f"
     admin.cursor().execute(f"CREATE ROLE marker_user LOGIN PASSWORD '{marker}-right'")
     caplog.set_level(logging.DEBUG)
-    from tests.conftest import free_port
-
     seen = []
     for url in (
         postgres.url("marker_user", f"{marker}-wrong"),  # authentication fails
