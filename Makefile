@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 ## run: the function on 127.0.0.1:$${PORT:-8080}, on an embedded PostgreSQL seeded with $(USERS) users
 run: $(STAMP)
-	SEED_USERS=$(USERS) $(BIN)/python -m lib.devdb run
+	SEED_USERS=$(USERS) $(BIN)/python -m devtools.devdb run
 
 ## test: the whole suite against a real PostgreSQL (TEST_DATABASE_URL, Docker, or embedded)
 test: $(STAMP)
@@ -28,7 +28,7 @@ bench: $(STAMP)
 
 ## plan: safe --max-instances/--concurrency/THREADS for a database (PLAN_ARGS="--url ..." or "--max-connections 25")
 plan: $(STAMP)
-	$(BIN)/python -m lib.capacity $(PLAN_ARGS)
+	$(BIN)/python -m devtools.plan $(PLAN_ARGS)
 
 ## lint: ruff, as CI runs it
 lint: $(STAMP)

@@ -5,16 +5,14 @@ more instances than --max-instances during a spike (up to about 2x). So the flee
 
     max_instances x overshoot x workers x (pool_size + max_overflow)
 
-connections, which must fit in max_connections - reserved - other clients.
-
-    python -m lib.capacity --max-connections 25 --reserved 3 --other 2   # or --url to read them
+connections, which must fit in max_connections - reserved - other clients. The command line
+that prints a plan is devtools/plan.py (`make plan`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,49 +130,3 @@ def read_budget(dbapi_connection: Any, application_name: str) -> tuple[int, int,
     row = cursor.fetchone()
     cursor.close()
     return tuple(row)  # type: ignore[return-value]
-
-
-def read_server(url: str) -> tuple[int, int, int]:
-    """max_connections, reserved connections and other clients (all but this one), live."""
-    from lib import seed  # the owner tooling's connect (pg8000 + our URL parsing)
-
-    conn = seed.connect(url)
-    try:
-        max_connections, reserved, _, everyone = read_budget(conn, "")
-    finally:
-        conn.close()
-    return max_connections, reserved, everyone - 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse  # the command line only: the function imports this module too (+23 ms)
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", help="read max_connections, reserved and other clients live")
-    parser.add_argument("--max-connections", type=int, default=25, help="default: db-f1-micro")
-    parser.add_argument("--reserved", type=int, default=3, help="superuser_reserved_connections")
-    parser.add_argument("--other", type=int, default=0, help="connections of other clients")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--pool-size", type=int, default=5)
-    parser.add_argument("--max-overflow", type=int, default=0)
-    parser.add_argument("--overshoot", type=float, default=OVERSHOOT)
-    args = parser.parse_args(argv)
-    if args.url:
-        args.max_connections, args.reserved, args.other = read_server(args.url)
-    plan = Plan(
-        args.max_connections,
-        args.reserved,
-        args.other,
-        args.workers,
-        args.pool_size,
-        args.max_overflow,
-        args.overshoot,
-    )
-    print(plan.explain())
-    return 0 if plan.max_instances > 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

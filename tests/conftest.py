@@ -21,9 +21,9 @@ import pg8000.dbapi
 import psutil
 import pytest
 
-from lib import seed
+from devtools import seed
+from devtools.devdb import POSTGRES_MAJOR, EmbeddedPostgres, free_port, functions_framework
 from lib.config import parse_database_url
-from lib.devdb import POSTGRES_MAJOR, EmbeddedPostgres, free_port, functions_framework
 from tests import report
 
 ROOT = Path(__file__).resolve().parent.parent

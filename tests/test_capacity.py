@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from lib import capacity
+from devtools import plan as capacity
 from lib.capacity import Plan
 from tests.conftest import ROOT
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from lib import seed
+from devtools import seed
 from tests.conftest import (
     APP_NAME,
     function_connections,

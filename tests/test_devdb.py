@@ -10,16 +10,16 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from lib import seed
+from devtools import seed
 from tests.conftest import ROOT, free_port, wait_for_port
 
 
 def run_local(datadir: Path, env: dict[str, str]) -> tuple[dict, str]:
-    """`python -m lib.devdb run` until its function answers one GET, then Ctrl-C.
+    """`python -m devtools.devdb run` until its function answers one GET, then Ctrl-C.
     Returns the answer and everything the command printed."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "lib.devdb", "run", "--datadir", str(datadir), "--users", "25"],
+        [sys.executable, "-m", "devtools.devdb", "run", "--datadir", str(datadir), "--users", "25"],
         cwd=ROOT,
         env={**env, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,

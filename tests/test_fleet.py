@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from lib import seed
+from devtools import seed
+from devtools.devdb import EmbeddedPostgres, free_port
 from lib.capacity import Plan
-from lib.devdb import EmbeddedPostgres, free_port
 from tests.conftest import ROOT, function_command, wait_for_port
 from tests.faults import Load
 from tests.report import figure

@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib import seed
+from devtools import seed
 from tests.conftest import ROOT
 from tests.report import figure
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from devtools.devdb import free_port
 from lib import users_query
-from lib.devdb import free_port
 from tests.conftest import (
     function_connections,
     insert_users,

@@ -119,7 +119,7 @@ def test_postgres_rendered_json_equals_the_straightforward_path(typed_table, pos
 
 
 def test_pages_concatenate_to_the_full_listing(admin, make_app, monkeypatch):
-    from lib import seed
+    from devtools import seed
 
     seed.seed_users(admin, 23, progress=False)
     admin.cursor().execute("DELETE FROM users WHERE id % 5 = 0")  # gaps in the keyset
@@ -139,7 +139,7 @@ def test_pages_concatenate_to_the_full_listing(admin, make_app, monkeypatch):
 
 
 def test_a_warm_request_is_one_round_trip(admin, make_app, monkeypatch):
-    from lib import seed
+    from devtools import seed
 
     seed.seed_users(admin, 10, progress=False)
     client = make_app().test_client()

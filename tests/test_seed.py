@@ -5,7 +5,7 @@ from __future__ import annotations
 import pg8000.dbapi
 import pytest
 
-from lib import seed
+from devtools import seed
 
 
 def fetch(conn: pg8000.dbapi.Connection, sql: str) -> list:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lib import seed
+from devtools import seed
 from tests.conftest import function_connections, run_python, terminate_function_connections
 from tests.report import figure
 

@@ -7,7 +7,8 @@ import json
 import jsonschema
 import yaml
 
-from lib import seed, telemetry, users_query
+from devtools import seed
+from lib import telemetry, users_query
 from tests.conftest import ROOT, free_port, function_connections
 
 

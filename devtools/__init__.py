@@ -1,0 +1,1 @@
+"""Local tooling (never deployed): embedded PostgreSQL, seeding, the capacity planner."""
