@@ -29,8 +29,8 @@ from pathlib import Path
 
 import psutil
 
-from lib import seed
-from lib.devdb import EmbeddedPostgres, free_port, functions_framework
+from devtools import seed
+from devtools.devdb import EmbeddedPostgres, free_port, functions_framework
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {  # name -> (source, target)
