@@ -17,7 +17,6 @@ import threading
 import time
 from typing import Any
 
-import pg8000.dbapi
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
@@ -25,6 +24,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from lib.capacity import check_budget
 from lib.config import CloudSql, Settings
+from lib.failures import ConnectError, ConnectionLost, PoolBusy, is_disconnect
 
 log = logging.getLogger(__name__)
 
@@ -46,44 +46,6 @@ logging.getLogger("sqlalchemy.pool.impl.QueuePool").addFilter(_QuietDeadClose())
 # frozen (NAT, proxies, failover): check it with one round trip before handing it out.
 # A connection in steady use is never checked, so the hot path stays one round trip.
 PING_AFTER_IDLE_S = 5.0
-
-
-class ConnectError(Exception):
-    """The Cloud SQL Connector could not open a connection (API, network or credentials)."""
-
-
-class ConnectionLost(Exception):
-    """A pooled connection died under a statement; it has been discarded."""
-
-
-class PoolBusy(Exception):
-    """Every connection is in use and DB_MAX_WAITING requests already wait for one."""
-
-
-def driver_error(exc: BaseException) -> BaseException:
-    """The driver's own exception, when SQLAlchemy wrapped it."""
-    return getattr(exc, "orig", None) or exc
-
-
-def server_fields(exc: BaseException) -> dict[str, str] | None:
-    """The server's error fields (C: SQLSTATE, M: message) of a pg8000 error, else None."""
-    args = driver_error(exc).args
-    return args[0] if args and isinstance(args[0], dict) else None
-
-
-def sqlstate(exc: BaseException) -> str | None:
-    fields = server_fields(exc)
-    return fields.get("C") if fields else None
-
-
-def is_disconnect(exc: BaseException) -> bool:
-    """Does this error mean the connection is unusable? pg8000 raises InterfaceError for
-    most socket failures but lets some (reset, timeout) escape as OSError, and the server
-    says goodbye with SQLSTATE 57P01-57P03 (shutdown) or class 08 before closing."""
-    if isinstance(exc, pg8000.dbapi.InterfaceError | OSError):
-        return True
-    code = sqlstate(exc) or ""
-    return code.startswith("08") or code in ("57P01", "57P02", "57P03")
 
 
 def set_idle_session_timeout(dbapi_connection: Any, idle_timeout: float) -> None:

@@ -16,30 +16,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import flask
-import pg8000.dbapi
-from sqlalchemy import exc as sa_exc
 
-from lib.config import ConfigError
-from lib.engine import (
-    ConnectError,
-    ConnectionLost,
-    PoolBusy,
-    driver_error,
-    is_disconnect,
-    server_fields,
-    sqlstate,
-)
+from lib.failures import RETRY_AFTER_S, classify, describe
 from lib.users_query import BadRequest, Listing, PageRequest, encode_cursor
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 ALLOWED_METHODS = ("GET", "HEAD")
-RETRY_AFTER_S = "1"
-# SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html)
-_UNAVAILABLE_CLASSES = ("08", "53", "57P")  # connection exception, resources, shutdown/startup
-_QUERY_CANCELED = "57014"  # statement_timeout
-_LOGIN_FAILED = ("28", "3D000")  # bad password / role, unknown database: misconfiguration
 
 
 class HttpError(Exception):
@@ -113,53 +97,21 @@ def json_errors(handler: Callable[[flask.Request], flask.Response]) -> Callable:
             return json_error(exc.status, exc.code, exc.message, exc.headers)
         except BadRequest as exc:
             return json_error(400, "bad_request", str(exc))
-        except ConfigError as exc:
-            log.error("configuration error: %s", exc)
-            return json_error(500, "configuration_error", str(exc))
         except Exception as exc:  # noqa: BLE001 - the one place every failure is answered
-            return database_error(exc)
+            return failure_response(exc)
 
     return wrapper
 
 
-def database_error(exc: Exception) -> flask.Response:
-    """Map a failure to 503 (retry), 504 (timeout) or 500, logging the cause without secrets."""
-    retry = {"Retry-After": RETRY_AFTER_S}
-    if isinstance(exc, sa_exc.TimeoutError | PoolBusy):
-        log.warning("pool exhausted: no connection free within DB_POOL_TIMEOUT or DB_MAX_WAITING")
-        return json_error(
-            503, "pool_exhausted", "All database connections are busy; retry shortly.", retry
-        )
-    code = sqlstate(exc)
-    if code == _QUERY_CANCELED:
-        log.warning("statement timeout")
-        return json_error(504, "statement_timeout", "The database query took too long.")
-    if code is not None and code.startswith(_LOGIN_FAILED):
-        log.error("database login failed: %s", _describe(exc))
-        return json_error(
-            500, "configuration_error", "The function cannot log in to its database (see its log)."
-        )
-    if _is_unavailable(exc, code):
-        log.warning("database unavailable: %s", _describe(exc))
-        return json_error(
-            503, "database_unavailable", "The database is unavailable; retry shortly.", retry
-        )
-    # A traceback only for what is neither a database nor a driver error: a bug of ours.
-    is_db_error = isinstance(exc, sa_exc.DBAPIError | pg8000.dbapi.Error)
-    log.error("unexpected error: %s", _describe(exc), exc_info=not is_db_error)
-    return json_error(500, "internal", "Internal error.")
-
-
-def _is_unavailable(exc: Exception, code: str | None) -> bool:
-    if code is not None:
-        return code.startswith(_UNAVAILABLE_CLASSES)
-    # Connecting failed (network, TLS, Cloud SQL connector), or a connection died under us.
-    return isinstance(exc, ConnectError | ConnectionLost | sa_exc.DBAPIError) or is_disconnect(exc)
-
-
-def _describe(exc: BaseException) -> str:
-    """Exception type, SQLSTATE and server message: never the statement's DSN or parameters."""
-    orig, fields = driver_error(exc), server_fields(exc)
-    if fields:
-        return f"{type(orig).__name__} {fields.get('C')}: {fields.get('M')}"
-    return f"{type(orig).__name__}: {orig}"
+def failure_response(exc: Exception) -> flask.Response:
+    """Render the classified failure; log its cause once, without secrets."""
+    failure = classify(exc)
+    log.log(
+        failure.log_level,
+        "%s: %s",
+        failure.code,
+        describe(exc),
+        exc_info=exc if failure.traceback else None,
+    )
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if failure.retryable else None
+    return json_error(failure.status, failure.code, failure.message, headers)

@@ -18,7 +18,8 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import telemetry
 from lib.config import ConfigError
-from lib.engine import ConnectionLost, Database
+from lib.engine import Database
+from lib.failures import ConnectionLost
 
 TABLE = "users"
 PAGE_ROWS = 5000  # rows per round trip when streaming every user (~0.5 MB of JSON)
