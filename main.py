@@ -23,7 +23,7 @@ QUERY = UsersQuery(SETTINGS.columns)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if request.path == "/healthz":
-        return responses.health(DB.pool_state())
+        return responses.health(DB.pool_state(), DB.session.health())
     responses.require_method(request)
     page = PageRequest.from_args(request.args)
     return responses.users_json(Listing(DB, QUERY, page), page)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pg8000.dbapi
 import pg8000.native
 
-from lib.config import parse_database_url
+from lib import connect_url, database_url
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 READER_ROLE = "users_reader"
@@ -36,15 +36,8 @@ FROM generate_series({start}, {stop}) AS i
 
 
 def connect(url: str) -> pg8000.dbapi.Connection:
-    parsed, connect_args = parse_database_url(url)
-    conn = pg8000.dbapi.connect(
-        user=parsed.username,
-        password=parsed.password,
-        database=parsed.database,
-        host=parsed.host or "localhost",
-        port=parsed.port or 5432,
-        **connect_args,
-    )
+    """An owner's connection (autocommit), with the function's own reading of the URL."""
+    conn = connect_url.connect(database_url.parse(url), timeout=10)
     conn.autocommit = True
     return conn
 

@@ -9,33 +9,22 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from lib import database_url
+from lib.database_url import DatabaseUrl
+from lib.failures import ConfigError
 
 DEFAULT_COLUMNS = ("id", "email", "name", "created_at")
 APPLICATION_NAME = "users-function"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_URL_SCHEMES = {"postgres", "postgresql", "postgresql+pg8000"}
-_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
-_URL_PARAMS = {"sslmode", "sslrootcert", "sslcert", "sslkey", "host", "unix_sock"}
 _IP_TYPES = {"public": "PUBLIC", "private": "PRIVATE", "psc": "PSC"}
 T = TypeVar("T")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
-
-
-class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names the variable."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
 
 
 @dataclass(frozen=True)
@@ -64,27 +53,10 @@ class Settings:
     application_name: str
     idle_timeout: float  # 0 = never close idle connections
     max_waiting: int | None  # requests allowed to wait for a connection; None = no limit
-    transaction_pooler: bool  # behind PgBouncer & co: no session settings of our own
-    url: URL | None = None  # set when DATABASE_URL is used (password hidden by repr)
-    connect_args: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # Behind a transaction pooler (PgBouncer & co): True, False, or None to find out.
+    transaction_pooler: bool | None
+    url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
     cloud_sql: CloudSql | None = None
-
-    def startup_params(self) -> dict[str, str]:
-        """Session settings sent in the startup packet: set once per connection, no round trip.
-
-        A transaction pooler (PgBouncer) rejects most startup parameters and would not keep
-        them on the server connection anyway: there, set them on the role (see
-        sql/readonly_role.sql) and send only what poolers track.
-        """
-        if self.transaction_pooler:
-            return {"TimeZone": "UTC"}
-        return {
-            "TimeZone": "UTC",
-            "statement_timeout": str(self.statement_timeout_ms),
-            # A connection must never sit in an open transaction holding locks or the xmin horizon.
-            "idle_in_transaction_session_timeout": str(max(self.statement_timeout_ms, 1000)),
-            "default_transaction_read_only": "on",
-        }
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -114,112 +86,38 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "application_name": _application_name(env.get("DB_APPLICATION_NAME", "")),
         "idle_timeout": _float(env, "DB_IDLE_TIMEOUT", 10.0, allow_zero=True),
         "max_waiting": _int(env, "DB_MAX_WAITING", None, minimum=0),
-        "transaction_pooler": _bool(env, "DB_TRANSACTION_POOLER"),
+        "transaction_pooler": _pooler(env.get("DB_TRANSACTION_POOLER", "")),
     }
     if has_url:
-        url, connect_args = parse_database_url(env["DATABASE_URL"].strip())
-        return Settings(url=url, connect_args=connect_args, **common)
+        return _with_url(database_url.parse(env["DATABASE_URL"].strip()), env, common)
     return Settings(cloud_sql=_cloud_sql(env), **common)
 
 
-def parse_database_url(raw: str) -> tuple[URL, dict[str, Any]]:
-    """Turn a libpq-style URL into a pg8000 URL plus pg8000 connect() arguments.
-
-    pg8000 does not understand libpq's query parameters (`sslmode`, `host=/socket/dir`),
-    so they are translated here rather than passed through and rejected at connect time.
-    """
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        raise ConfigError(
-            "DATABASE_URL", "is not a URL of the form postgresql://user:password@host:5432/dbname"
-        ) from None
-    if url.drivername not in _URL_SCHEMES:
-        raise ConfigError(
-            "DATABASE_URL",
-            f"scheme '{url.drivername}' is not supported: use postgresql://, postgres:// "
-            "or postgresql+pg8000://",
-        )
-    params = {key: _single(key, value) for key, value in url.query.items()}
-    unknown = sorted(set(params) - _URL_PARAMS)
-    if unknown:
-        raise ConfigError(
-            "DATABASE_URL",
-            f"unsupported query parameter(s) {', '.join(unknown)}; "
-            f"supported: {', '.join(sorted(_URL_PARAMS))}",
-        )
-    if not url.database:
-        raise ConfigError("DATABASE_URL", "names no database (the /dbname part)")
-    if not url.username:
-        raise ConfigError("DATABASE_URL", "names no user (the user@ part)")
-
-    connect_args: dict[str, Any] = {}
-    socket_path = _socket_path(params, url.port)
-    if socket_path:
-        connect_args["unix_sock"] = socket_path
-        if url.host:
-            raise ConfigError("DATABASE_URL", "names both a host and a Unix socket; keep one")
-    elif not url.host:
-        raise ConfigError(
-            "DATABASE_URL", "names no host: use @host:port, or ?host=/socket/dir for a Unix socket"
-        )
-    sslmode = params.get("sslmode", "prefer")
-    if sslmode not in _SSLMODES:
-        raise ConfigError(
-            "DATABASE_URL", f"sslmode '{sslmode}' is not one of {', '.join(sorted(_SSLMODES))}"
-        )
-    if socket_path:
-        sslmode = "disable"  # libpq never uses TLS over a Unix socket
-    connect_args["ssl_context"] = ssl_context(
-        sslmode, params.get("sslrootcert"), params.get("sslcert"), params.get("sslkey")
-    )
-    return url.set(drivername="postgresql+pg8000", query={}), connect_args
-
-
-def ssl_context(
-    sslmode: str, rootcert: str | None, cert: str | None, key: str | None
-) -> ssl.SSLContext | bool | None:
-    """Map libpq's sslmode to pg8000's `ssl_context` argument, with libpq's meaning.
-
-    pg8000: False = plain, None = TLS if the server offers it (unverified) else plain,
-    True = TLS required (unverified), an SSLContext = TLS with that context.
-    """
-    if sslmode == "disable":
-        return False
-    if sslmode in ("allow", "prefer"):
-        return None  # libpq: use TLS when offered, no certificate check
-    if sslmode == "require" and not rootcert and not cert:
-        return True
-    # libpq: 'require' with a root certificate given behaves as 'verify-ca'.
-    verify = sslmode != "require" or bool(rootcert)
-    try:
-        if verify:
-            system = rootcert in (None, "system")
-            ctx = ssl.create_default_context(cafile=None if system else rootcert)
-            ctx.check_hostname = sslmode == "verify-full"
-        else:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if cert:
-            ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("DATABASE_URL", f"cannot load TLS files: {exc.strerror or exc}") from None
-    return ctx
-
-
-def _socket_path(params: Mapping[str, str], port: int | None) -> str | None:
-    """libpq's `host=/dir` (socket directory) or pg8000's `unix_sock=/dir/.s.PGSQL.5432`."""
-    if "unix_sock" in params:
-        return params["unix_sock"]
-    host = params.get("host")
-    if host is None:
-        return None
-    if not host.startswith("/"):
-        raise ConfigError(
-            "DATABASE_URL", "?host= must be a Unix socket directory (an absolute path)"
-        )
-    return f"{host.rstrip('/')}/.s.PGSQL.{port or 5432}"
+def _with_url(url: DatabaseUrl, env: Mapping[str, str], common: dict[str, Any]) -> Settings:
+    """Merge what the URL says with the DB_* variables; a disagreement is an error, never a
+    silent override."""
+    if url.connect_timeout is not None:
+        if (
+            env.get("DB_CONNECT_TIMEOUT", "").strip()
+            and common["connect_timeout"] != url.connect_timeout
+        ):
+            raise ConfigError(
+                "DATABASE_URL", "connect_timeout disagrees with DB_CONNECT_TIMEOUT; set one"
+            )
+        common["connect_timeout"] = url.connect_timeout
+    if url.application_name is not None:
+        if env.get("DB_APPLICATION_NAME", "").strip():
+            raise ConfigError(
+                "DATABASE_URL", "application_name is set twice (and DB_APPLICATION_NAME); set one"
+            )
+        common["application_name"] = _application_name(url.application_name)
+    if url.pooler is not None:
+        if common["transaction_pooler"] is False:
+            raise ConfigError(
+                "DB_TRANSACTION_POOLER", f"is false, but DATABASE_URL names {url.pooler}"
+            )
+        common["transaction_pooler"] = True
+    return Settings(url=url, **common)
 
 
 def _cloud_sql(env: Mapping[str, str]) -> CloudSql:
@@ -277,10 +175,11 @@ def _application_name(raw: str) -> str:
     return name
 
 
-def _single(key: str, value: str | tuple[str, ...]) -> str:
-    if isinstance(value, tuple):
-        raise ConfigError("DATABASE_URL", f"query parameter '{key}' is given more than once")
-    return value
+def _pooler(raw: str) -> bool | None:
+    value = raw.strip().lower()
+    if value in ("", "auto"):
+        return None
+    return _bool({"DB_TRANSACTION_POOLER": value}, "DB_TRANSACTION_POOLER")
 
 
 def _int(env: Mapping[str, str], name: str, default: T, minimum: int) -> int | T:

@@ -12,7 +12,6 @@ import atexit
 import logging
 import math
 import os
-import re
 import threading
 import time
 from typing import Any
@@ -22,9 +21,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from lib.capacity import check_budget
+from lib import connect_url
 from lib.config import CloudSql, Settings
 from lib.failures import ConnectError, ConnectionLost, PoolBusy, is_disconnect
+from lib.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,6 @@ logging.getLogger("sqlalchemy.pool.impl.QueuePool").addFilter(_QuietDeadClose())
 PING_AFTER_IDLE_S = 5.0
 
 
-def set_idle_session_timeout(dbapi_connection: Any, idle_timeout: float) -> None:
-    """The server-side safety net for instances frozen with connections open: PostgreSQL
-    (14+) closes a session idle a little longer than DB_IDLE_TIMEOUT. One round trip per new
-    connection; not a startup parameter, which older servers would reject."""
-    version = dbapi_connection.parameter_statuses.get("server_version", "0")
-    if int(re.match(r"\d*", version).group() or 0) < 14:
-        return
-    dbapi_connection.autocommit = True
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"SET idle_session_timeout = {int(idle_timeout * 1000) + 2000}")
-    cursor.close()
-
-
 class Database:
     """Owns this process's SQLAlchemy engine (and Cloud SQL Connector, if used)."""
 
@@ -72,7 +59,7 @@ class Database:
         # When a connection was last found dead: pooled ones idle since then are checked first.
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
-        self._budget_checked = False
+        self.session = Session(settings)
         # Admission: connections plus waiters; past it a request is refused at once (503).
         self._admission = (
             threading.BoundedSemaphore(
@@ -169,22 +156,29 @@ class Database:
             self._engine.dispose(close=False)
         self._engine = None
         self._connector = None  # its event-loop thread did not survive the fork
-        self._budget_checked = False
+        self.session = Session(self.settings)
 
     def _build(self) -> Engine:
         s = self.settings
-        driver_args: dict[str, Any] = {
-            "application_name": s.application_name,
-            "startup_params": s.startup_params(),
-            "timeout": s.connect_timeout,
-        }
-        pool_args = self._pool_args()
         if s.cloud_sql is not None:
+            driver_args: dict[str, Any] = {
+                "application_name": s.application_name,
+                "startup_params": self.session.startup_params(),
+                "timeout": s.connect_timeout,
+            }
             creator = self._cloud_sql_creator(s.cloud_sql, driver_args)
-            engine = create_engine("postgresql+pg8000://", creator=creator, **pool_args)
         else:
-            connect_args = {**s.connect_args, **driver_args}
-            engine = create_engine(s.url or "", connect_args=connect_args, **pool_args)
+            url, session = s.url, self.session  # config.load sets url or cloud_sql
+
+            def creator() -> connect_url.Connection:
+                return connect_url.connect(
+                    url,
+                    timeout=s.connect_timeout,
+                    application_name=s.application_name,
+                    session=session,
+                )
+
+        engine = create_engine("postgresql+pg8000://", creator=creator, **self._pool_args())
         self._listen(engine)
         return engine
 
@@ -238,15 +232,7 @@ class Database:
             sock = getattr(dbapi_connection, "_usock", None)
             if sock is not None:
                 sock.settimeout(read_timeout)
-            if not self.settings.transaction_pooler:
-                if idle_timeout:
-                    set_idle_session_timeout(dbapi_connection, idle_timeout)
-                if not self._budget_checked:
-                    self._budget_checked = True
-                    try:
-                        check_budget(dbapi_connection, self.settings)
-                    except Exception as exc:  # noqa: BLE001 - advice only, never fatal
-                        log.info("connection budget not checked: %s", type(exc).__name__)
+            self.session.configure(dbapi_connection)
             record.info["idle_since"] = time.monotonic()
 
         @event.listens_for(engine, "checkin")

@@ -17,16 +17,25 @@ from dataclasses import dataclass
 import pg8000.dbapi
 from sqlalchemy import exc as sa_exc
 
-from lib.config import ConfigError
-
 RETRY_AFTER_S = 1
 
 
-class ConnectError(Exception):
-    """Opening a connection failed. `misconfigured`: retrying cannot help until someone fixes
-    the configuration (the message says what). The driver's exception is the __cause__."""
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
 
-    def __init__(self, message: str, misconfigured: bool = False) -> None:
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+class ConnectError(Exception):
+    """Opening a connection failed; the driver's exception is the __cause__. `misconfigured`:
+    True when retrying cannot help until someone fixes the configuration (the message says
+    what), False when it may pass (then the cause's SQLSTATE is not consulted: one of several
+    hosts refusing a login does not make the others' outage a misconfiguration), None to let
+    the cause decide."""
+
+    def __init__(self, message: str, misconfigured: bool | None = None) -> None:
         super().__init__(message)
         self.misconfigured = misconfigured
 
@@ -106,8 +115,8 @@ def misconfiguration(exc: BaseException) -> str | None:
     for cause in causes(exc):
         if isinstance(cause, ConfigError):
             return str(cause)
-        if isinstance(cause, ConnectError) and cause.misconfigured:
-            return str(cause)
+        if isinstance(cause, ConnectError) and cause.misconfigured is not None:
+            return str(cause) if cause.misconfigured else None
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (
                 f"the server's TLS certificate was not accepted ({cause.verify_message}): "

@@ -81,9 +81,10 @@ def users_json(listing: Listing, request: PageRequest) -> flask.Response:
     return response
 
 
-def health(pool: dict[str, Any]) -> flask.Response:
-    """Liveness plus the pool's counters; never opens a connection."""
-    return flask.Response(json.dumps({"status": "ok", "pool": pool}), content_type=JSON)
+def health(pool: dict[str, Any], database: dict[str, Any]) -> flask.Response:
+    """Liveness, the pool's counters and the session mode; never opens a connection."""
+    body = {"status": "ok", "pool": pool, "database": database}
+    return flask.Response(json.dumps(body), content_type=JSON)
 
 
 def json_errors(handler: Callable[[flask.Request], flask.Response]) -> Callable:

@@ -23,7 +23,7 @@ import pytest
 
 from devtools import seed
 from devtools.devdb import POSTGRES_MAJOR, EmbeddedPostgres, free_port, functions_framework
-from lib.config import parse_database_url
+from lib.database_url import parse
 from tests import report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +56,8 @@ def _docker_answers() -> bool:
 def postgres() -> Iterator[Postgres]:
     if os.environ.get("TEST_DATABASE_URL"):
         url = os.environ["TEST_DATABASE_URL"]
-        parsed, _ = parse_database_url(url)
-        yield Postgres(admin_url=url, host=parsed.host or "localhost", port=parsed.port or 5432)
+        host = parse(url).hosts[0]
+        yield Postgres(admin_url=url, host=host.name, port=host.port)
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from lib.config import DEFAULT_COLUMNS, ConfigError, load, parse_database_url
+from lib.config import DEFAULT_COLUMNS, ConfigError, load
+from lib.database_url import Host, parse
 from tests.conftest import ROOT, insert_users
 
 BASE = {"DATABASE_URL": "postgresql://app:pw@db.example.com:6543/appdb"}
@@ -23,21 +24,18 @@ BASE = {"DATABASE_URL": "postgresql://app:pw@db.example.com:6543/appdb"}
     ],
 )
 def test_url_schemes(url):
-    parsed, args = parse_database_url(url)
-    assert parsed.drivername == "postgresql+pg8000"
-    assert (parsed.username, parsed.password, parsed.host, parsed.port, parsed.database) == (
+    parsed = parse(url)
+    assert (parsed.user, parsed.password, parsed.hosts, parsed.database) == (
         "app",
         "pw",
-        "db.example.com",
-        6543,
+        (Host("db.example.com", 6543),),
         "appdb",
     )
-    assert args == {"ssl_context": None}  # no sslmode: libpq's default, 'prefer'
+    assert parsed.ssl_context is None  # no sslmode: libpq's default, 'prefer'
 
 
 def test_percent_encoded_password():
-    parsed, _ = parse_database_url("postgresql://app:p%40ss%2Fw%3Ard@h/db")
-    assert parsed.password == "p@ss/w:rd"
+    assert parse("postgresql://app:p%40ss%2Fw%3Ard+x@h/db").password == "p@ss/w:rd+x"
 
 
 @pytest.mark.parametrize(
@@ -48,23 +46,23 @@ def test_percent_encoded_password():
             "postgresql://app@:6000/appdb?host=/var/run/postgresql",
             "/var/run/postgresql/.s.PGSQL.6000",
         ),
+        ("postgresql://app@%2Fvar%2Frun%2Fpostgresql/appdb", "/var/run/postgresql/.s.PGSQL.5432"),
         ("postgresql+pg8000://app@/appdb?unix_sock=/tmp/.s.PGSQL.5432", "/tmp/.s.PGSQL.5432"),
     ],
 )
 def test_unix_socket_forms(url, socket_path):
-    parsed, args = parse_database_url(url + "&sslmode=require" if "?" in url else url)
-    assert args["unix_sock"] == socket_path
-    assert args["ssl_context"] is False  # libpq never uses TLS on a Unix socket
-    assert parsed.host is None
+    [host] = parse(url + "&sslmode=require" if "?" in url else url).hosts
+    assert host.socket_path == socket_path
 
 
 def test_sslmode_means_what_libpq_means(tmp_path):
     def ctx(mode: str, extra: str = ""):
-        return parse_database_url(f"postgresql://a:b@h/db?sslmode={mode}{extra}")[1]["ssl_context"]
+        return parse(f"postgresql://a:b@h/db?sslmode={mode}{extra}").ssl_context
 
     assert ctx("disable") is False
     assert ctx("allow") is None and ctx("prefer") is None  # TLS when offered, unverified
     assert ctx("require") is True  # TLS or fail, no certificate check (pg8000's True)
+    assert ctx("no-verify") is True  # node-postgres's spelling of the same
     verify_ca = ctx("verify-ca")
     assert verify_ca.verify_mode == ssl.CERT_REQUIRED and verify_ca.check_hostname is False
     verify_full = ctx("verify-full")
@@ -93,7 +91,6 @@ def test_sslmode_means_what_libpq_means(tmp_path):
         ({"DATABASE_URL": "postgresql://a:b@h/"}, "DATABASE_URL", "no database"),
         ({"DATABASE_URL": "postgresql://h/db"}, "DATABASE_URL", "no user"),
         ({"DATABASE_URL": "postgresql://a@/db"}, "DATABASE_URL", "no host"),
-        ({"DATABASE_URL": "postgresql://a@h/db?host=relative"}, "DATABASE_URL", "absolute path"),
         ({**BASE, "DB_POOL_SIZE": "five"}, "DB_POOL_SIZE", "not a whole number"),
         ({**BASE, "DB_POOL_SIZE": "0"}, "DB_POOL_SIZE", "at least 1"),
         ({**BASE, "DB_MAX_OVERFLOW": "-1"}, "DB_MAX_OVERFLOW", "at least 0"),
@@ -244,11 +241,16 @@ def test_a_bad_setting_stops_functions_framework_with_one_line():
     ],
 )
 def test_sslmode_against_a_server_without_tls(admin, postgres, make_app, sslmode, works):
-    """The test server offers no TLS: 'prefer' falls back to plain, 'require' must refuse."""
+    """The test server offers no TLS: 'prefer' falls back to plain, 'require' must refuse,
+    and say so: a server without TLS will not grow it by itself (500, not 503)."""
     insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
     url = postgres.url("postgres", "postgres").replace("sslmode=disable", f"sslmode={sslmode}")
     response = make_app(DATABASE_URL=url).test_client().get("/")
-    assert response.status_code == (200 if works else 503)
+    assert response.status_code == (200 if works else 500)
+    if not works:
+        error = response.get_json()["error"]
+        assert error["code"] == "configuration_error"
+        assert "TLS is required" in error["message"]
 
 
 def test_unix_socket_url_serves_users(admin, postgres, make_app):

@@ -83,11 +83,24 @@ def test_failures_are_logged_as_warnings_without_secrets(admin, make_app, capsys
 def test_healthz_reports_the_pool_without_connecting(admin, make_app):
     client = make_app().test_client()
     health = client.get("/healthz").get_json()
-    assert health == {"status": "ok", "pool": {"started": False, "size": 5}}
+    assert health == {
+        "status": "ok",
+        "pool": {"started": False, "size": 5},
+        "database": {"transaction_pooler": None, "session": None},
+    }
     assert function_connections(admin) == 0
     client.get("/")
     body = client.get("/healthz").get_json()
     assert (body["pool"]["in_use"], body["pool"]["idle"], body["pool"]["waiting"]) == (0, 1, 0)
+    # What the first connection read back: the protections hold on a direct connection.
+    assert body["database"] == {
+        "transaction_pooler": None,
+        "session": {
+            "statement_timeout": "10000",
+            "idle_in_transaction_session_timeout": "10000",
+            "default_transaction_read_only": "on",
+        },
+    }
     spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
     schema = spec["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]
     jsonschema.validate(body, schema["schema"])

@@ -1,0 +1,207 @@
+"""Connecting through DATABASE_URL, with libpq's rules on top of pg8000.
+
+pg8000 dials one host and takes any authentication the server proposes. libpq, whose URLs
+users paste, tries a list of hosts in order, each within connect_timeout, keeps the first
+that matches target_session_attrs, refuses a server that will not do channel binding when
+asked to, and tunes TCP keepalives. This module does those things, then hands pg8000 the
+open socket.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+import struct
+from typing import Any
+
+import pg8000.dbapi
+
+from lib.database_url import DatabaseUrl, Host, Keepalives
+from lib.failures import ConnectError, describe, misconfiguration
+from lib.session import Session
+
+# Host names that resolved at least once in this process: a name that never did is a typo
+# (a configuration error); one that did and fails now is a DNS outage (it may pass).
+_resolved: set[str] = set()
+_PLUS = b"SCRAM-SHA-256-PLUS"
+
+
+class Connection(pg8000.dbapi.Connection):
+    """pg8000's connection, refusing an authentication that DATABASE_URL forbids (channel
+    binding, require_auth) before any password is sent, as libpq does."""
+
+    def __init__(self, *args: Any, url: DatabaseUrl, **kwargs: Any) -> None:
+        self._url = url
+        self._method: str | None = None  # the authentication the server asked for
+        super().__init__(*args, **kwargs)
+
+    def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
+        code = struct.unpack_from("!i", data)[0]
+        if code == 10 and self._url.channel_binding == "disable":  # SASL: drop the -PLUS offer
+            mechanisms = [m for m in data[4:-2].split(b"\0") if m != _PLUS]
+            data = data[:4] + b"".join(m + b"\0" for m in mechanisms) + b"\0"
+        if code == 10:
+            tls = isinstance(self._usock, ssl.SSLSocket)
+            self._method = "scram-sha-256-plus" if tls and _PLUS in data else "scram-sha-256"
+            self._allow(self._method)
+        elif code in (3, 5):
+            self._method = "password" if code == 3 else "md5"
+            self._allow(self._method)
+        elif code == 0 and self._method is None:
+            self._method = "none"  # trust: the server asked for nothing
+            self._allow("none")
+        super().handle_AUTHENTICATION_REQUEST(data, context)
+
+    def _allow(self, method: str) -> None:
+        url = self._url
+        if url.channel_binding == "require" and method != "scram-sha-256-plus":
+            raise ConnectError(
+                "channel_binding=require, but the server authenticates with "
+                f"'{method}' (needs SCRAM-SHA-256-PLUS over TLS): fix the server's "
+                "pg_hba.conf/password_encryption, or drop channel_binding=require",
+                misconfigured=True,
+            )
+        if url.require_auth is not None and method.removesuffix("-plus") not in url.require_auth:
+            raise ConnectError(
+                f"require_auth allows {', '.join(sorted(url.require_auth))}, but the server "
+                f"asked for '{method}'",
+                misconfigured=True,
+            )
+
+
+def connect(
+    url: DatabaseUrl,
+    *,
+    timeout: float,
+    application_name: str | None = None,
+    session: Session | None = None,
+) -> Connection:
+    """A connection to the first host of the URL that answers and matches
+    target_session_attrs (libpq's order; shuffled with load_balance_hosts=random)."""
+    hosts = list(url.hosts)
+    if url.load_balance_hosts == "random":
+        random.shuffle(hosts)
+    wanted = ["standby", "any"] if url.target_session_attrs == "prefer-standby" else None
+    failures: list[tuple[Host, BaseException]] = []
+    for attrs in wanted or [url.target_session_attrs]:
+        for host in hosts:
+            if any(h == host and not _is_mismatch(e) for h, e in failures):
+                continue  # it failed to connect in the first pass: don't wait on it again
+            try:
+                conn = _connect_host(url, host, timeout, application_name, session)
+            except Exception as exc:  # noqa: BLE001 - the next host may answer
+                failures.append((host, exc))
+                continue
+            mismatch = _mismatch(conn, attrs)
+            if mismatch is None:
+                return conn
+            conn.close()
+            failures.append((host, ConnectError(f"{host} {mismatch}", misconfigured=False)))
+    raise _no_host(failures)
+
+
+def _connect_host(
+    url: DatabaseUrl,
+    host: Host,
+    timeout: float,
+    application_name: str | None,
+    session: Session | None,
+) -> Connection:
+    for attempt in range(2):
+        sock = _open_socket(host, timeout, url.keepalives)
+        try:
+            return Connection(
+                user=url.user,
+                host=host.name,  # the name TLS verifies (verify-full) and sends as SNI
+                database=url.database,
+                port=host.port,
+                password=url.password,
+                ssl_context=False if host.socket_path else url.ssl_context,
+                timeout=timeout,
+                tcp_keepalive=False,  # set on the socket, with our timings
+                application_name=application_name,
+                startup_params=session.startup_params() if session else dict(url.options),
+                sock=sock,
+                url=url,
+            )
+        except Exception as exc:
+            sock.close()
+            if attempt == 0 and session is not None and session.refused(exc):
+                continue  # a pooler refused our session settings: once more without them
+            raise
+    raise AssertionError("unreachable")
+
+
+def _open_socket(host: Host, timeout: float, keepalives: Keepalives | None) -> socket.socket:
+    """A connected socket, within `timeout`, with libpq-like keepalive settings."""
+    if host.socket_path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(host.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    try:
+        sock = socket.create_connection((host.addr or host.name, host.port), timeout)
+    except socket.gaierror as exc:
+        unknown = exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+        if unknown and host.name not in _resolved:
+            raise ConnectError(
+                f"host '{host.name}' does not resolve: check the host in DATABASE_URL",
+                misconfigured=True,
+            ) from exc
+        raise
+    _resolved.add(host.name)
+    if keepalives is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", keepalives.idle),
+            ("TCP_KEEPINTVL", keepalives.interval),
+            ("TCP_KEEPCNT", keepalives.count),
+            ("TCP_USER_TIMEOUT", keepalives.user_timeout_ms),
+        ):
+            option = getattr(socket, name, None)  # Linux has them all
+            if option is not None and value:  # 0: the kernel's default
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    return sock
+
+
+def _mismatch(conn: Connection, attrs: str) -> str | None:
+    """Why this server does not match target_session_attrs, or None.
+
+    The function's own sessions are read-only by design, so libpq's session-level test would
+    call every server read-only: `read-write` and `primary` both mean "not a standby", and
+    `read-only` matches any server.
+    """
+    if attrs in ("any", "read-only"):
+        return None
+    standby = conn.parameter_statuses.get("in_hot_standby")  # reported by PostgreSQL 14+
+    if standby is None:
+        cursor = conn.cursor()
+        cursor.execute("SELECT pg_is_in_recovery()")
+        standby = "on" if cursor.fetchone()[0] else "off"
+        cursor.close()
+    if (standby == "on") == (attrs in ("standby", "prefer-standby")):
+        return None
+    return "is a standby" if standby == "on" else "is not a standby"
+
+
+def _is_mismatch(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectError) and exc.misconfigured is False
+
+
+def _no_host(failures: list[tuple[Host, BaseException]]) -> BaseException:
+    """One failure is raised as it is; several become one error naming each host."""
+    if len(failures) == 1:
+        return failures[0][1]
+    misconfigured = all(misconfiguration(exc) is not None for _, exc in failures)
+    error = ConnectError(
+        "no host of DATABASE_URL could serve: "
+        + "; ".join(f"{host}: {describe(exc)}" for host, exc in failures),
+        misconfigured=misconfigured,
+    )
+    error.__cause__ = failures[-1][1]
+    return error
