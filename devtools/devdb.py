@@ -60,8 +60,15 @@ def free_port() -> int:
 class EmbeddedPostgres:
     """A PostgreSQL cluster in `datadir`, on 127.0.0.1:`port` (and a Unix socket in it)."""
 
-    def __init__(self, datadir: Path, port: int | None = None, settings: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        datadir: Path,
+        port: int | None = None,
+        settings: tuple[str, ...] = (),
+        binaries: Path | None = None,  # another PostgreSQL's bin directory (tests: TLS)
+    ):
         self.datadir = datadir.resolve()
+        self.binaries = binaries or bin_dir()
         self.port = port or free_port()
         self.settings = _FAST_SETTINGS + settings
         self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
@@ -99,6 +106,22 @@ class EmbeddedPostgres:
         )
         return self
 
+    def standby(self, datadir: Path) -> EmbeddedPostgres:
+        """A hot standby of this running server, streaming from it (`pg_basebackup -R`); start
+        it with `.start()`. For trying target_session_attrs and read replicas locally."""
+        self._run(
+            "pg_basebackup",
+            *("-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER),
+            *("-D", str(datadir.resolve()), "-R", "-X", "stream", "-c", "fast"),
+            env={"PGPASSWORD": SUPERUSER_PASSWORD},
+        )
+        return EmbeddedPostgres(datadir, settings=self.settings, binaries=self.binaries)
+
+    def set_hba(self, lines: list[str]) -> None:
+        """Replace pg_hba.conf (who may log in, and how) and reload the running server."""
+        (self.datadir / "pg_hba.conf").write_text("\n".join(lines) + "\n")
+        self._run("pg_ctl", "-D", str(self.datadir), "reload")
+
     def stop(self, mode: str = "fast") -> None:
         if self.running():
             self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "30", "stop")
@@ -115,7 +138,7 @@ class EmbeddedPostgres:
             # the binaries and the data (traverse permission only) through their parents.
             for path in (self.datadir, pwfile):
                 os.chown(path, self._user.pw_uid, self._user.pw_gid)
-            for path in (bin_dir(), self.datadir):
+            for path in (self.binaries, self.datadir):
                 _allow_traverse(path.parent)
         try:
             self._run(
@@ -135,14 +158,17 @@ class EmbeddedPostgres:
         finally:
             pwfile.unlink()
 
-    def _run(self, program: str, *args: str, check: bool = True) -> int:
+    def _run(
+        self, program: str, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> int:
         user = {"user": self._user.pw_uid, "group": self._user.pw_gid} if self._user else {}
         result = subprocess.run(
-            [str(bin_dir() / program), *args],
+            [str(self.binaries / program), *args],
             capture_output=True,
             text=True,
             check=False,
             cwd="/",
+            env={**os.environ, **(env or {})},
             **user,
         )
         if check and result.returncode != 0:

@@ -38,12 +38,10 @@ class Connection(pg8000.dbapi.Connection):
 
     def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
         code = struct.unpack_from("!i", data)[0]
-        if code == 10 and self._url.channel_binding == "disable":  # SASL: drop the -PLUS offer
-            mechanisms = [m for m in data[4:-2].split(b"\0") if m != _PLUS]
-            data = data[:4] + b"".join(m + b"\0" for m in mechanisms) + b"\0"
-        if code == 10:
-            tls = isinstance(self._usock, ssl.SSLSocket)
-            self._method = "scram-sha-256-plus" if tls and _PLUS in data else "scram-sha-256"
+        tls = isinstance(self._usock, ssl.SSLSocket)
+        if code == 10:  # SASL: pg8000 picks SCRAM-SHA-256-PLUS when offered over TLS
+            plus = tls and _PLUS in data and self._url.channel_binding != "disable"
+            self._method = "scram-sha-256-plus" if plus else "scram-sha-256"
             self._allow(self._method)
         elif code in (3, 5):
             self._method = "password" if code == 3 else "md5"
@@ -51,6 +49,15 @@ class Connection(pg8000.dbapi.Connection):
         elif code == 0 and self._method is None:
             self._method = "none"  # trust: the server asked for nothing
             self._allow("none")
+        if code == 10 and tls and self._url.channel_binding == "disable":
+            # pg8000 binds the channel whenever its socket is TLS: hide it for this one
+            # message, so SCRAM says "client does not support binding" ('n'), as libpq does.
+            usock, self._usock = self._usock, None
+            try:
+                super().handle_AUTHENTICATION_REQUEST(data, context)
+            finally:
+                self._usock = usock
+            return
         super().handle_AUTHENTICATION_REQUEST(data, context)
 
     def _allow(self, method: str) -> None:
@@ -127,7 +134,7 @@ def _connect_host(
             )
         except Exception as exc:
             sock.close()
-            if attempt == 0 and session is not None and session.refused(exc):
+            if session is not None and session.refused(exc) and attempt == 0:
                 continue  # a pooler refused our session settings: once more without them
             raise
     raise AssertionError("unreachable")

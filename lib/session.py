@@ -79,17 +79,21 @@ class Session:
                 "options: remove it, or list it in the pooler's ignore_startup_parameters",
                 misconfigured=True,
             ) from exc
+        if self.settings.transaction_pooler is False:
+            return False  # told there is no pooler: let the refusal be seen
         with self._lock:
-            if self.pooler is not None or self.settings.transaction_pooler is False:
-                return False
-            self.pooler = f"the server refused startup parameter {name}"
-        log.warning(
-            "a transaction pooler refused startup parameter %s: connecting without the "
-            "function's session settings from now on (set them on the role: "
-            "sql/readonly_role.sql)",
-            name,
-        )
-        return True
+            switched, self.pooler = (
+                self.pooler is None,
+                self.pooler or f"the server refused startup parameter {name}",
+            )
+        if switched:
+            log.warning(
+                "a transaction pooler refused startup parameter %s: connecting without the "
+                "function's session settings from now on (set them on the role: "
+                "sql/readonly_role.sql)",
+                name,
+            )
+        return name not in self.startup_params()  # another thread may have switched first
 
     def configure(self, conn: Any) -> None:
         """On each new connection; the first one of the process reads the session's settings

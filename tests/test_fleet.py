@@ -4,8 +4,6 @@ only 20 connections, sized by the planner, and behind PgBouncer in transaction m
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -19,13 +17,11 @@ from devtools.devdb import EmbeddedPostgres, free_port
 from lib.capacity import Plan
 from tests.conftest import ROOT, function_command, wait_for_port
 from tests.faults import Load
+from tests.pgbouncer import PgBouncer
 from tests.report import figure
 
 MAX_CONNECTIONS = 20
 READER_PASSWORD = "fleet-pw"
-PGBOUNCER = shutil.which("pgbouncer") or (
-    "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
-)
 
 
 def world_readable_dir(prefix: str) -> Path:
@@ -130,37 +126,16 @@ def test_planned_fleet_never_meets_too_many_clients(small_pg):
 
 @pytest.fixture
 def pgbouncer(small_pg):
-    if PGBOUNCER is None:
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)")
-    conf = world_readable_dir("pgbouncer")
-    port = free_port()
-    (conf / "userlist.txt").write_text(f'"{seed.READER_ROLE}" "{READER_PASSWORD}"\n')
-    (conf / "pgbouncer.ini").write_text(
-        "[databases]\n"
-        f"postgres = host=127.0.0.1 port={small_pg.port} dbname=postgres "
-        f"user={seed.READER_ROLE} password={READER_PASSWORD}\n"
-        "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        f"auth_type = plain\nauth_file = {conf}/userlist.txt\n"
-        "pool_mode = transaction\ndefault_pool_size = 10\nmax_db_connections = 10\n"
-        f"max_client_conn = 500\nlogfile = {conf}/pgbouncer.log\npidfile = {conf}/pgbouncer.pid\n"
+    bouncer = PgBouncer(
+        small_pg.port,
+        seed.READER_ROLE,
+        READER_PASSWORD,
+        pool_mode="transaction",
+        default_pool_size="10",
+        max_db_connections="10",
     )
-    for path in conf.iterdir():
-        path.chmod(0o644)
-    user = {}
-    if os.geteuid() == 0:  # pgbouncer refuses to run as root
-        nobody = pwd.getpwnam("nobody")
-        os.chown(conf, nobody.pw_uid, nobody.pw_gid)
-        user = {"user": nobody.pw_uid, "group": nobody.pw_gid}
-    process = subprocess.Popen(
-        [PGBOUNCER, "--quiet", str(conf / "pgbouncer.ini")],
-        cwd="/",
-        **user,
-    )
-    wait_for_port(port, 10, process)
-    yield f"postgresql://{seed.READER_ROLE}:{READER_PASSWORD}@127.0.0.1:{port}/postgres?sslmode=disable"
-    process.terminate()
-    process.wait(timeout=10)
+    yield bouncer.url()
+    bouncer.stop()
 
 
 def test_twenty_instances_share_ten_server_connections_through_pgbouncer(small_pg, pgbouncer):
