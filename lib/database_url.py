@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import unquote
 
 from lib.failures import ConfigError
@@ -422,11 +421,3 @@ def _short(text: str, limit: int = 40) -> str:
     """Input echoed in a message, bounded: a URL can be pasted wrong in any length."""
     return text if len(text) <= limit else text[:limit] + "..."
 
-
-def describe(url: DatabaseUrl) -> dict[str, Any]:
-    """What the function will connect to, for logs and /healthz: no user, no password."""
-    return {
-        "hosts": [str(h) for h in url.hosts],
-        "sslmode": url.sslmode,
-        "target_session_attrs": url.target_session_attrs,
-    }

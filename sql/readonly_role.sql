@@ -16,7 +16,7 @@ GRANT USAGE ON SCHEMA public TO users_reader;
 -- Column-level: columns added later (password hashes...) stay unreadable until granted.
 -- Keep this list equal to USERS_COLUMNS.
 GRANT SELECT (id, email, name, created_at) ON users TO users_reader;
--- Behind a transaction pooler (DB_TRANSACTION_POOLER=true) the function cannot set these per
--- connection: the role carries them instead.
+-- Behind a transaction pooler (PgBouncer, Supavisor, Neon's pooler) the function cannot set these
+-- per connection: the role carries them instead (the function warns about each one that is off).
 ALTER ROLE users_reader SET statement_timeout = '10s';
 ALTER ROLE users_reader SET idle_in_transaction_session_timeout = '10s';
