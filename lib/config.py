@@ -7,6 +7,7 @@ variable, instead of failing on every request.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 from lib import database_url
 from lib.database_url import DatabaseUrl
 from lib.failures import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = ("id", "email", "name", "created_at")
 APPLICATION_NAME = "users-function"
@@ -220,7 +223,10 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
 def load_or_exit() -> Settings:
     """`load()`, but a bad setting stops the process with one line instead of a traceback."""
     try:
-        return load()
+        settings = load()
     except ConfigError as exc:
         print(f"users function: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.url is not None and settings.url.ignored:
+        log.info("DATABASE_URL: ignored: %s", "; ".join(settings.url.ignored))
+    return settings

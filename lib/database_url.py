@@ -420,4 +420,3 @@ def ssl_context(
 def _short(text: str, limit: int = 40) -> str:
     """Input echoed in a message, bounded: a URL can be pasted wrong in any length."""
     return text if len(text) <= limit else text[:limit] + "..."
-

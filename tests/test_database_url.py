@@ -314,3 +314,12 @@ def test_url_settings_flow_into_settings():
     assert load({"DATABASE_URL": "postgresql://a@h/db?connect_timeout=1"}).connect_timeout == 2.0
     assert load({"DATABASE_URL": "postgresql://a@h/db"}).transaction_pooler is None  # auto
     assert load({"DATABASE_URL": "postgresql://a@h/db?pgbouncer=true"}).transaction_pooler
+
+
+def test_other_clients_keys_are_logged_once_as_ignored(admin, postgres, make_app, capsys):
+    url = postgres.url("postgres", "postgres") + "&connection_limit=1&statement_cache_size=0"
+    assert make_app(DATABASE_URL=url).test_client().get("/").status_code == 200
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ignored" in line]
+    assert len(lines) == 1
+    assert "connection_limit (the pool size is DB_POOL_SIZE)" in lines[0]
+    assert "statement_cache_size" in lines[0]
