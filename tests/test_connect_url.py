@@ -348,3 +348,13 @@ def test_a_missing_table_is_a_configuration_error(admin, postgres, make_app):
     response = make_app().test_client().get("/")
     assert response.status_code == 500
     assert "does not exist" in response.get_json()["error"]["message"]
+
+
+def test_hostaddr_dials_the_address_and_keeps_the_name(admin, postgres, make_app):
+    """libpq's hostaddr: no name lookup (db.invalid never resolves), the name still names it."""
+    insert_users(admin, ROWS)
+    url = (
+        f"postgresql://postgres:postgres@db.invalid:{postgres.port}/postgres"
+        "?hostaddr=127.0.0.1&sslmode=disable"
+    )
+    assert make_app(DATABASE_URL=url).test_client().get("/").status_code == 200
