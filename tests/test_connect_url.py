@@ -4,9 +4,7 @@ keepalives on the socket, and every misconfiguration answered as one, never as a
 
 from __future__ import annotations
 
-import datetime
 import glob
-import ipaddress
 import os
 import pwd
 import socket
@@ -15,16 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres, free_port
 from tests.conftest import insert_users
 from tests.faults import TcpProxy
-from tests.test_tls import make_ca, pem
+from tests.test_tls import make_ca, server_certificate
 
 ROWS = [("a@example.com", "A", "2024-01-01T00:00:00Z")]
 
@@ -173,31 +167,9 @@ def tls_postgres():
         pytest.skip("no PostgreSQL with TLS (apt-get install postgresql; .ci/run does)")
     base = world_dir("pgauth")
     server = EmbeddedPostgres(base / "data", binaries=binaries)
-    ca_key, ca = make_ca("auth test CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (base / "server.crt").write_bytes(pem(cert))
-    (base / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert, key = server_certificate(*make_ca("auth test CA"))
+    (base / "server.crt").write_bytes(cert)
+    (base / "server.key").write_bytes(key)
     (base / "server.key").chmod(0o600)
     if os.geteuid() == 0:  # the server runs as `nobody` and must own its key
         nobody = pwd.getpwnam("nobody")
