@@ -7,6 +7,7 @@ process that serves it (see lib/engine.py).
 
 import flask
 import functions_framework
+from werkzeug.exceptions import HTTPException
 
 from lib import config, responses, telemetry
 from lib.engine import Database
@@ -22,8 +23,11 @@ QUERY = UsersQuery(SETTINGS.columns)
 @telemetry.logged(DB.pool_state)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
-    if request.path == "/healthz":
+    if responses.route(request) == "/healthz":
         return responses.health(DB.pool_state(), DB.session.health())
-    responses.require_method(request)
     page = PageRequest.from_args(request.args)
-    return responses.users_json(Listing(DB, QUERY, page), page)
+    return responses.users_json(request, Listing(DB, QUERY, page), page)
+
+
+# What functions-framework answers itself (a 404 for /robots.txt and /favicon.ico) is JSON too.
+functions_framework.errorhandler(HTTPException)(responses.framework_error)

@@ -9,21 +9,30 @@ No response ever carries a traceback, a DSN or a password.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import flask
+from werkzeug.exceptions import HTTPException
 
+from lib import compression
 from lib.failures import RETRY_AFTER_S, classify, describe
 from lib.users_query import BadRequest, Listing, PageRequest, encode_cursor
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+ROUTES = ("/", "/healthz")  # exact: "/healthz/" is another path, and a 404
 ALLOWED_METHODS = ("GET", "HEAD")
+# Listings hold emails: no shared cache may keep them (private), and a client that keeps one
+# must ask again each time (no-cache), when a matching ETag makes the answer a bodiless 304.
+LISTING_CACHE = "private, no-cache"
+NO_STORE = "no-store"  # errors and /healthz describe one moment: never reuse them
 
 
 class HttpError(Exception):
@@ -35,56 +44,124 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
+class StreamCut(Exception):
+    """A streamed response failed after its status was sent (already logged)."""
+
+
 def json_error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> flask.Response:
     body = json.dumps({"error": {"code": code, "message": message}})
-    return flask.Response(body, status=status, content_type=JSON, headers=headers)
+    response = flask.Response(body, status=status, content_type=JSON, headers=headers)
+    response.headers["Cache-Control"] = NO_STORE
+    return response
 
 
-def require_method(request: flask.Request) -> None:
+def route(request: flask.Request) -> str:
+    """The path this request is for: 404 for any other path (before any database work),
+    405 with Allow for a method other than GET and HEAD."""
+    if request.path not in ROUTES:
+        raise HttpError(404, "not_found", "no such path; the paths are / and /healthz")
     if request.method not in ALLOWED_METHODS:
         raise HttpError(
             405,
             "method_not_allowed",
-            f"{request.method} is not allowed; use GET",
+            f"{request.method[:20]} is not allowed; use GET or HEAD",
             {"Allow": ", ".join(ALLOWED_METHODS)},
         )
+    return request.path
 
 
-def users_json(listing: Listing, request: PageRequest) -> flask.Response:
+def framework_error(exc: HTTPException) -> flask.Response:
+    """What functions-framework answers itself (its 404 for /robots.txt), as JSON too."""
+    status = exc.code or 500
+    return json_error(status, "not_found" if status == 404 else "bad_request", exc.name)
+
+
+def users_json(request: flask.Request, listing: Listing, page: PageRequest) -> flask.Response:
     """`{"users": [...]}` (plus `next` when paging); streamed when it spans several pages."""
     head = '{"users":[' + listing.first.json
-    if request.limit is not None:
+    if page.limit is not None:
         next_link = (
-            f"?limit={request.limit}&cursor={encode_cursor(listing.first.last_id)}"
+            f"?limit={page.limit}&cursor={encode_cursor(listing.first.last_id)}"
             if listing.first.more and listing.first.last_id is not None
             else None
         )
-        response = flask.Response(
-            head + '],"next":' + json.dumps(next_link) + "}", content_type=JSON
-        )
-        if next_link:
-            response.headers["Link"] = f'<{next_link}>; rel="next"'
-        return response
+        body = head + '],"next":' + json.dumps(next_link) + "}"
+        link = {"Link": f'<{next_link}>; rel="next"'} if next_link else {}
+        return whole(request, body.encode(), link)
     if not listing.first.more:
-        return flask.Response(head + "]}", content_type=JSON)
+        return whole(request, (head + "]}").encode())
+    return streamed(request, listing, head)
+
+
+def whole(
+    request: flask.Request, body: bytes, headers: dict[str, str] | None = None
+) -> flask.Response:
+    """A listing sent in one piece: gzip if the client accepts it, a strong ETag of the bytes
+    sent (so the gzip and identity representations differ), 304 when the client has them."""
+    headers = {"Cache-Control": LISTING_CACHE, "Vary": "Accept-Encoding", **(headers or {})}
+    if compression.use_gzip(request.headers.get("Accept-Encoding"), len(body)):
+        body = compression.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    headers["ETag"] = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    # If-None-Match uses the weak comparison (RFC 9110, 13.1.2); "*" matches any.
+    if request.if_none_match.contains_weak(headers["ETag"].strip('"')):
+        return flask.Response(status=304, content_type=JSON, headers=headers)
+    return flask.Response(body, content_type=JSON, headers=headers)
+
+
+def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Response:
+    """Every user, page by page on one connection (gzip-encoded page by page if accepted).
+
+    Past the first page the status line is sent, so a failure can no longer become an
+    error status: the response is cut (see `cut`), and the log line says so.
+    """
+    gzipped = compression.use_gzip(request.headers.get("Accept-Encoding"), None)
+    gzip = compression.GzipStream() if gzipped else None
+    stats = listing.stats
 
     def chunks() -> Iterator[bytes]:
-        for text in itertools.chain([head], listing.rest(), ["]}"]):
-            data = text.encode()
-            listing.stats.bytes += len(data)
+        try:
+            for text in itertools.chain([head], listing.rest()):
+                data = gzip.page(text.encode()) if gzip else text.encode()
+                stats.bytes += len(data)
+                yield data
+            data = gzip.finish(b"]}") if gzip else b"]}"
+            stats.bytes += len(data)
             yield data
+        except Exception as exc:  # noqa: BLE001 - logged with the request, then the cut
+            failure = classify(exc)
+            stats.cut = f"{failure.code}: {describe(exc)}"
+            cut(request.environ)
 
-    response = flask.Response(chunks(), content_type=JSON)
+    headers = {"Cache-Control": LISTING_CACHE, "Vary": "Accept-Encoding"}
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    response = flask.Response(chunks(), content_type=JSON, headers=headers)
     response.call_on_close(listing.close)  # also when the body is never read (HEAD, client gone)
     return response
 
 
+def cut(environ: dict[str, Any]) -> None:
+    """End a response whose status line is sent so that no client can take it for complete.
+
+    HTTP/1.1's only signal left is a chunked body without its last chunk (RFC 9112, 7.1).
+    Under gunicorn (functions-framework, Cloud Run) the socket is shut down here, so the
+    server's write of the last chunk fails quietly (EPIPE) and it closes the connection,
+    instead of printing a plain-text traceback for an exception already logged as JSON.
+    Any other WSGI server aborts the response when the body iterator raises.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        raise StreamCut("response cut")
+    sock.shutdown(socket.SHUT_RDWR)
+
+
 def health(pool: dict[str, Any], database: dict[str, Any]) -> flask.Response:
     """Liveness, the pool's counters and the session mode; never opens a connection."""
-    body = {"status": "ok", "pool": pool, "database": database}
-    return flask.Response(json.dumps(body), content_type=JSON)
+    body = json.dumps({"status": "ok", "pool": pool, "database": database})
+    return flask.Response(body, content_type=JSON, headers={"Cache-Control": NO_STORE})
 
 
 def json_errors(handler: Callable[[flask.Request], flask.Response]) -> Callable:

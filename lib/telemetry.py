@@ -23,8 +23,11 @@ from typing import Any
 
 import flask
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
-_CLOUD_TRACE = re.compile(r"^([0-9a-f]{32})(?:/(\d+))?")
+# Trace headers come from the client as much as from Google's front end: anything that is
+# not exactly one of these shapes is ignored (the request is logged without a trace).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=[0-9]+)?")
+_MAX_SPAN_ID = 2**64 - 1
 
 
 @dataclass
@@ -38,6 +41,11 @@ class Stats:
     rows: int = 0
     bytes: int = 0
     retried: bool = False
+    cut: str | None = None  # why a streamed response ended before its last byte
+
+    @property
+    def truncated(self) -> bool:
+        return self.cut is not None
 
 
 _current: contextvars.ContextVar[Stats] = contextvars.ContextVar("request_stats")
@@ -54,12 +62,13 @@ def current() -> Stats:
 def trace_fields(headers: Any) -> dict[str, str]:
     """Cloud Logging trace correlation from X-Cloud-Trace-Context or W3C traceparent."""
     trace_id = span_id = None
-    if m := _TRACEPARENT.match(headers.get("traceparent", "")):
+    if m := _TRACEPARENT.fullmatch(headers.get("traceparent", "")):
         trace_id, span_id = m.group(1), m.group(2)
-    elif m := _CLOUD_TRACE.match(headers.get("X-Cloud-Trace-Context", "")):
-        trace_id = m.group(1)
-        span_id = f"{int(m.group(2)):016x}" if m.group(2) else None
-    if trace_id is None:
+    elif m := _CLOUD_TRACE.fullmatch(headers.get("X-Cloud-Trace-Context", "")):
+        trace_id = m.group(1).lower()
+        span = int(m.group(2)) if m.group(2) else 0  # at most 20 digits: int() is safe
+        span_id = f"{span:016x}" if 0 < span <= _MAX_SPAN_ID else None
+    if trace_id is None or not trace_id.strip("0"):  # all zeros: no trace (W3C)
         return {}
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCP_PROJECT")
     out = {
@@ -102,26 +111,30 @@ def logged(pool_state: Callable[[], dict[str, Any]]) -> Callable:
     return decorate
 
 
+def severity(status: int, stats: Stats) -> str:
+    """A cut stream is an ERROR whatever its status line said: the client got part of it."""
+    if stats.truncated or (status >= 500 and status != 503):
+        return "ERROR"
+    return "WARNING" if status >= 400 else "INFO"
+
+
 def emit(request: flask.Request, response: flask.Response, stats: Stats, pool: dict) -> None:
     latency = time.perf_counter() - stats.started
     status = response.status_code
+    message = f"{request.method} {request.path[:100]} {status} {latency * 1000:.1f} ms"
     entry = {
-        "severity": "ERROR"
-        if status >= 500 and status != 503
-        else "WARNING"
-        if status >= 400
-        else "INFO",
-        "message": f"{request.method} {request.path} {status} {latency * 1000:.1f} ms",
+        "severity": severity(status, stats),
+        "message": message + (f", truncated after {stats.bytes} bytes" if stats.cut else ""),
         "httpRequest": {
             "requestMethod": request.method,
-            "requestUrl": request.path,  # no query string: parameters stay out of logs
+            "requestUrl": request.path[:2000],  # no query string: parameters stay out of logs
             "status": status,
             "responseSize": str(stats.bytes),
             "latency": f"{latency:.6f}s",
-            "userAgent": request.headers.get("User-Agent", ""),
+            "userAgent": request.headers.get("User-Agent", "")[:500],
             "remoteIp": request.headers.get("X-Forwarded-For", request.remote_addr or "").split(
                 ","
-            )[0],
+            )[0][:100],
             "protocol": request.environ.get("SERVER_PROTOCOL", ""),
         },
         "pool_wait_ms": round(stats.pool_wait_ms, 3),
@@ -131,6 +144,7 @@ def emit(request: flask.Request, response: flask.Response, stats: Stats, pool: d
         "bytes": stats.bytes,
         "retried": stats.retried,
         "pool": pool,
+        **({"truncated": True, "cause": stats.cut} if stats.cut else {}),
         **trace_fields(request.headers),
     }
     sys.stdout.write(json.dumps(entry, separators=(",", ":")) + "\n")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy.pool import PoolProxiedConnection
+from werkzeug.datastructures import MultiDict
 
 from lib import telemetry
 from lib.config import ConfigError
@@ -26,6 +28,9 @@ PAGE_ROWS = 5000  # rows per round trip when streaming every user (~0.5 MB of JS
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _CURSOR_PREFIX = "id:"
+_LIMIT = re.compile(r"[0-9]{1,4}")  # [0-9], not \d: \d matches every Unicode digit
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{4,40}")  # base64url of "id:" and up to 19 digits
+_ID = re.compile(r"[0-9]{1,19}")
 
 
 class BadRequest(ValueError):
@@ -40,17 +45,28 @@ class PageRequest:
     limit: int | None = None
 
     @classmethod
-    def from_args(cls, args: Mapping[str, str]) -> PageRequest:
+    def from_args(cls, args: MultiDict[str, str]) -> PageRequest:
         unknown = sorted(set(args) - {"limit", "cursor"})
         if unknown:
-            raise BadRequest(f"unknown query parameter '{unknown[0]}'; allowed: limit, cursor")
+            raise BadRequest(
+                f"unknown query parameter {bounded(unknown[0])}; allowed: limit, cursor"
+            )
+        for name in ("limit", "cursor"):
+            if len(args.getlist(name)) > 1:
+                raise BadRequest(f"{name} is given more than once")
         after = decode_cursor(args["cursor"]) if "cursor" in args else 0
         if "limit" not in args:
             return cls(after=after, limit=DEFAULT_LIMIT if "cursor" in args else None)
-        raw = args["limit"]
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        # ASCII digits only: str.isdigit() is true for superscripts that int() refuses, int()
+        # reads other scripts' digits, and it refuses more than 4,300 digits at all.
+        if not _LIMIT.fullmatch(args["limit"]) or not 1 <= int(args["limit"]) <= MAX_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        return cls(after=after, limit=int(raw))
+        return cls(after=after, limit=int(args["limit"]))
+
+
+def bounded(text: str, most: int = 40) -> str:
+    """A quoted excerpt of client input for an error message: never echo it unbounded."""
+    return repr(text if len(text) <= most else text[:most] + "...")
 
 
 def encode_cursor(last_id: int) -> str:
@@ -59,12 +75,15 @@ def encode_cursor(last_id: int) -> str:
 
 
 def decode_cursor(cursor: str) -> int:
+    """The id a cursor of ours carries; anything else (any length, any alphabet) is a 400."""
+    if not _CURSOR.fullmatch(cursor):
+        raise BadRequest("cursor is not one this function returned")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except (binascii.Error, UnicodeDecodeError):
         raw = ""
     digits = raw.removeprefix(_CURSOR_PREFIX)
-    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 19:
+    if not raw.startswith(_CURSOR_PREFIX) or not _ID.fullmatch(digits):
         raise BadRequest("cursor is not one this function returned")
     return int(digits)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import time
+import zlib
 
 import pytest
 
+from devtools import seed
 from devtools.devdb import free_port
 from lib import users_query
 from tests.conftest import (
@@ -271,3 +274,194 @@ def test_a_password_never_appears_in_responses_or_logs(admin, postgres, make_app
     seen += [caplog.text, out.out, out.err]
     assert all(marker not in text for text in seen)
     admin.cursor().execute("DROP ROLE marker_user")
+
+
+# --- Routes, hostile input, compression and caching (issue 10) ---------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/users", "/nope", "/healthz/", "/%2e%2e/", "/robots.txt", "/" + "x" * 100_000]
+)
+def test_any_other_path_is_a_404_that_never_touches_the_database(admin, make_app, path):
+    insert_users(admin, ROWS)
+    client = make_app().test_client()
+    for method in ("GET", "HEAD", "POST"):
+        response = client.open(path, method=method)
+        assert response.status_code == 404, (path, method)
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.headers["Cache-Control"] == "no-store"
+        if method != "HEAD":
+            assert response.get_json()["error"]["code"] == "not_found"
+            assert len(response.data) < 200  # the path is not echoed back
+    import main
+
+    assert main.DB.pool_state() == {"started": False, "size": 5}  # no engine, no connection
+    assert function_connections(admin) == 0
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "TRACE", "OPTIONS"])
+def test_healthz_answers_get_and_head_only(make_app, method):
+    client = make_app().test_client()
+    assert client.get("/healthz").status_code == 200
+    head = client.head("/healthz")
+    assert head.status_code == 200 and head.data == b""
+    response = client.open("/healthz", method=method)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=%C2%B3",  # "³": str.isdigit() says yes, int() says no
+        "limit=%D9%A3",  # "٣": int() reads it as 3
+        "limit=%EF%BC%93",  # a fullwidth 3
+        "limit=" + "1" * 5000,  # past int()'s 4,300-digit limit
+        "limit=00000000000000000000000000000001",
+        "limit=5&limit=6",
+        "cursor=" + "A" * 5000,
+        "cursor=%D9%A3%D9%A3%D9%A3%D9%A3",
+        "cursor=aWQ6M",  # base64 with impossible padding
+        "cursor=aWQ6" + "MTEx" * 10,  # "id:" and 30 digits
+    ],
+)
+def test_hostile_limits_and_cursors_are_400_never_500_never_accepted(admin, make_app, query):
+    insert_users(admin, ROWS)
+    response = make_app().test_client().get("/?" + query)
+    assert response.status_code == 400, response.data[:200]
+    assert response.get_json()["error"]["code"] == "bad_request"
+
+
+def test_an_8_mb_parameter_name_is_not_echoed_back(admin, make_app):
+    name = "n" * 8_000_000
+    response = make_app().test_client().get(f"/?{name}=1")
+    assert response.status_code == 400
+    assert len(response.data) < 200
+    assert "'nnnnnnnnnn" in response.get_json()["error"]["message"]  # a bounded excerpt
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/" + "1" * 4301},
+        {"X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/99999999999999999999999"},
+        {"X-Cloud-Trace-Context": "%" * 8000},
+        {"traceparent": "00-" + "a" * 32 + "-" + "b" * 4301 + "-01"},
+    ],
+)
+def test_malformed_trace_headers_are_ignored_and_the_request_still_logged(
+    admin, make_app, capsys, header
+):
+    client = make_app().test_client()
+    capsys.readouterr()
+    for path in ("/healthz", "/", "/nope"):
+        response = client.get(path, headers=header)
+        assert response.status_code in (200, 404)
+        assert response.headers["Content-Type"] == "application/json"
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    requests = [line for line in lines if "httpRequest" in line]
+    assert len(requests) == 3
+    assert all("logging.googleapis.com/trace" not in line for line in requests)
+
+
+def gzip_client_get(client, path, accept="gzip", **headers):
+    return client.get(path, headers={"Accept-Encoding": accept, **headers})
+
+
+def test_listings_are_gzipped_when_the_client_accepts_it(admin, make_app):
+    seed.seed_users(admin, 300, progress=False)
+    client = make_app().test_client()
+    plain = client.get("/?limit=200")
+    assert "Content-Encoding" not in plain.headers  # no Accept-Encoding: identity
+    for accept in ("gzip", "br;q=1, gzip;q=0.5", "*", "gzip, identity;q=0", "x-gzip"):
+        packed = gzip_client_get(client, "/?limit=200", accept)
+        assert packed.headers["Content-Encoding"] == "gzip", accept
+        assert packed.headers["Vary"] == "Accept-Encoding"
+        assert int(packed.headers["Content-Length"]) == len(packed.data) < len(plain.data) / 3
+        assert gzip.decompress(packed.data) == plain.data
+    for accept in ("gzip;q=0", "identity", "br", "", "*;q=0, identity", "gzip;q=0.5, identity"):
+        response = gzip_client_get(client, "/?limit=200", accept)
+        assert "Content-Encoding" not in response.headers, accept
+        assert response.data == plain.data
+        assert response.headers["Vary"] == "Accept-Encoding"
+
+
+def test_small_bodies_stay_identity_unless_identity_is_refused(admin, make_app):
+    insert_users(admin, ROWS[:1])
+    client = make_app().test_client()
+    small = gzip_client_get(client, "/")
+    assert "Content-Encoding" not in small.headers and small.get_json()["users"]
+    forced = gzip_client_get(client, "/", "gzip, identity;q=0")
+    assert forced.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(forced.data) == small.data
+
+
+def test_streamed_listing_is_gzipped_page_by_page(admin, make_app, monkeypatch):
+    monkeypatch.setattr(users_query, "PAGE_ROWS", 40)
+    seed.seed_users(admin, 200, progress=False)
+    client = make_app().test_client()
+    plain = client.get("/").data
+    response = client.get("/", headers={"Accept-Encoding": "gzip"}, buffered=False)
+    assert response.is_streamed and response.headers["Content-Encoding"] == "gzip"
+    assert "ETag" not in response.headers  # not known before the last page
+    chunks = list(response.response)
+    response.close()
+    assert len(chunks) >= 5  # one (flushed) chunk per page, not one at the end
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    first = decoder.decompress(chunks[0])
+    assert first.startswith(b'{"users":[') and len(first) > 1000  # a page decodes on its own
+    assert first + b"".join(decoder.decompress(c) for c in chunks[1:]) == plain
+    assert decoder.eof
+
+
+def test_whole_listings_carry_a_strong_etag_and_answer_304(admin, make_app):
+    seed.seed_users(admin, 50, progress=False)
+    client = make_app().test_client()
+    plain = client.get("/")
+    packed = gzip_client_get(client, "/")
+    assert plain.headers["Cache-Control"] == "private, no-cache"
+    tag, gz_tag = plain.headers["ETag"], packed.headers["ETag"]
+    assert tag.startswith('"') and not tag.startswith("W/")  # strong
+    assert tag != gz_tag  # two representations, two tags
+    for match in (tag, f"W/{tag}", f'"x", {tag}', "*"):
+        response = client.get("/", headers={"If-None-Match": match})
+        assert response.status_code == 304, match
+        assert response.data == b""
+        assert response.headers["ETag"] == tag
+        assert response.headers["Cache-Control"] == "private, no-cache"
+    assert gzip_client_get(client, "/", **{"If-None-Match": gz_tag}).status_code == 304
+    assert client.get("/", headers={"If-None-Match": gz_tag}).status_code == 200
+    insert_users(admin, ROWS[:1])
+    assert client.get("/", headers={"If-None-Match": tag}).status_code == 200  # changed
+    page = client.get("/?limit=10")
+    assert (
+        client.get("/?limit=10", headers={"If-None-Match": page.headers["ETag"]}).status_code == 304
+    )
+
+
+def test_head_has_the_headers_of_get(admin, make_app):
+    seed.seed_users(admin, 50, progress=False)
+    client = make_app().test_client()
+    for path in ("/", "/?limit=5", "/healthz"):
+        for accept in ("gzip", "identity"):
+            get = gzip_client_get(client, path, accept)
+            head = client.head(path, headers={"Accept-Encoding": accept})
+            assert head.data == b""
+            for name in (
+                "Content-Type",
+                "Content-Length",
+                "Content-Encoding",
+                "ETag",
+                "Vary",
+                "Cache-Control",
+                "Link",
+            ):
+                assert head.headers.get(name) == get.headers.get(name), (path, accept, name)
+
+
+def test_errors_are_never_cached(admin, make_app):
+    client = make_app().test_client()
+    for response in (client.get("/?limit=0"), client.post("/"), client.get("/x")):
+        assert response.headers["Cache-Control"] == "no-store"
+    assert client.get("/healthz").headers["Cache-Control"] == "no-store"

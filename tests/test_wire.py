@@ -1,0 +1,133 @@
+"""What real clients see on the wire from `functions-framework --target users` (gunicorn):
+gzip decoded by http.client + zlib and by curl, and a stream cut mid-way that stays visibly
+incomplete while the function's log says exactly what happened."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import time
+import zlib
+
+import pytest
+
+from devtools import seed
+from tests.conftest import slow_users, terminate_function_connections
+
+pytestmark = pytest.mark.slow
+
+STREAMED_USERS = 6000  # past one page of 5,000 (lib/users_query.PAGE_ROWS): streamed
+
+
+def request_lines(served) -> list[dict]:
+    lines = served.log.read_text(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith('{"severity"')]
+
+
+def http_get(served, path: str, headers: dict[str, str]) -> tuple[int, dict, bytes]:
+    host, port = served.base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), body
+
+
+@pytest.fixture
+def live(admin, serve):
+    seed.seed_users(admin, STREAMED_USERS, progress=False)
+    return serve()
+
+
+def test_gzip_decodes_with_http_client_and_curl_whole_and_streamed(live):
+    for path in ("/?limit=1000", "/"):  # whole, then streamed (chunked)
+        status, headers, plain = http_get(live, path, {})
+        assert status == 200 and "Content-Encoding" not in headers
+        status, headers, packed = http_get(live, path, {"Accept-Encoding": "gzip"})
+        assert headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"
+        assert ("Transfer-Encoding" in headers) == (path == "/")
+        assert gzip.decompress(packed) == plain
+        assert zlib.decompress(packed, 16 + zlib.MAX_WBITS) == plain
+        if shutil.which("curl"):
+            out = subprocess.run(
+                ["curl", "-sS", "--compressed", "--fail", live.base + path],
+                capture_output=True,
+                check=True,
+                timeout=30,
+            ).stdout
+            assert out == plain
+        assert len(json.loads(plain)["users"]) == (1000 if "limit" in path else STREAMED_USERS)
+
+
+def read_raw(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """Everything the server sends until it closes (True) or `seconds` pass (False)."""
+    data, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """The payload of a chunked body, and whether its last (zero-size) chunk arrived."""
+    payload = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        if not _:
+            break
+        size = int(size_line, 16)
+        if size == 0:
+            return payload, True
+        payload, body = payload + rest[:size], rest[size + 2 :]
+    return payload, False
+
+
+@pytest.mark.parametrize("accept", ["identity", "gzip"])
+def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(
+    admin, serve, accept
+):
+    """The database connection dies after the first page was sent: the client's transfer
+    ends without the chunked terminator, and the function logs one ERROR line saying
+    truncated, the bytes sent and why, with no plain-text traceback anywhere."""
+    seed.seed_users(admin, STREAMED_USERS, progress=False)
+    # The second page sleeps (on row 5,500) until the test kills the function's connection.
+    slow_users(admin, "(SELECT pg_sleep(CASE WHEN r.id = 5500 THEN 30 ELSE 0 END))")
+    served = serve()
+    sock = socket.create_connection(served.base.removeprefix("http://").split(":"), timeout=20)
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: {accept}\r\n\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received or len(received) < 2000:  # headers and the first page
+        received += sock.recv(65536)
+    time.sleep(0.3)  # the second page's query is now sleeping in PostgreSQL
+    assert terminate_function_connections(admin) == 1
+    rest, closed = read_raw(sock, 20)
+    sock.close()
+    head, _, body = (received + rest).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head
+    payload, terminated = dechunk(body)
+    assert closed and not terminated and not body.endswith(b"0\r\n\r\n")
+    if accept == "gzip":
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        text = decoder.decompress(payload)
+        assert not decoder.eof  # no gzip trailer either
+    else:
+        text = payload
+    assert text.startswith(b'{"users":[') and text.count(b'"id":') == 5000
+    with pytest.raises(ValueError):
+        json.loads(text)
+    time.sleep(0.5)  # the log line is written once the server closed the response
+    [line] = [entry for entry in request_lines(served) if "httpRequest" in entry]
+    assert line["severity"] == "ERROR" and line["truncated"] is True
+    assert line["bytes"] == len(payload)
+    assert line["cause"].startswith("database_unavailable: ")
+    assert "ConnectionLost" in line["cause"]  # classified by lib/failures.py
+    log = served.log.read_text(errors="replace")
+    assert "Traceback" not in log
+    assert all(text.startswith("{") for text in log.splitlines() if text.strip())
