@@ -52,18 +52,18 @@ def use_gzip(accept_encoding: str | None, size: int | None) -> bool:
     return size is None or size >= MIN_BYTES
 
 
-def compress(body: bytes) -> bytes:
+def compress(body: bytes, level: int = LEVEL) -> bytes:
     """A whole body. zlib writes gzip's header with mtime 0, so the same body always gives
     the same bytes (and so the same ETag)."""
-    return GzipStream().finish(body)
+    return GzipStream(level).finish(body)
 
 
 class GzipStream:
     """One gzip member written page by page; each page is flushed (Z_SYNC_FLUSH), so what
     was sent so far decodes, and a stream cut before `finish` lacks gzip's trailer."""
 
-    def __init__(self) -> None:
-        self._deflate = zlib.compressobj(LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip
+    def __init__(self, level: int = LEVEL) -> None:
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip
 
     def page(self, data: bytes) -> bytes:
         return self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
