@@ -29,8 +29,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _CURSOR_PREFIX = "id:"
 _LIMIT = re.compile(r"[0-9]{1,4}")  # [0-9], not \d: \d matches every Unicode digit
-_CURSOR = re.compile(r"[A-Za-z0-9_-]{4,40}")  # base64url of "id:" and up to 19 digits
-_ID = re.compile(r"[0-9]{1,19}")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{4,40}")  # base64url of "id:" and up to 20 digits
+_ID = re.compile(r"[0-9]{1,20}")
+_MAX_ID = 2**63 - 1  # bigint: a cursor past it is past every row
 
 
 class BadRequest(ValueError):
@@ -85,7 +86,7 @@ def decode_cursor(cursor: str) -> int:
     digits = raw.removeprefix(_CURSOR_PREFIX)
     if not raw.startswith(_CURSOR_PREFIX) or not _ID.fullmatch(digits):
         raise BadRequest("cursor is not one this function returned")
-    return int(digits)
+    return min(int(digits), _MAX_ID)
 
 
 @dataclass(frozen=True)
