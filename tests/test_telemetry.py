@@ -118,10 +118,33 @@ def test_trace_header_parsing(monkeypatch):
     monkeypatch.delenv("GCP_PROJECT", raising=False)
     assert telemetry.trace_fields({}) == {}
     assert telemetry.trace_fields({"X-Cloud-Trace-Context": "nonsense"}) == {}
-    assert telemetry.trace_fields({"X-Cloud-Trace-Context": "0" * 32}) == {
-        "logging.googleapis.com/trace": "0" * 32
+    assert telemetry.trace_fields({"X-Cloud-Trace-Context": "1" * 32}) == {
+        "logging.googleapis.com/trace": "1" * 32
     }
     assert telemetry.trace_fields({"traceparent": f"00-{'1' * 32}-{'2' * 16}-00"}) == {
         "logging.googleapis.com/trace": "1" * 32,
         "logging.googleapis.com/spanId": "2" * 16,
     }
+
+
+def test_malformed_or_oversized_trace_headers_are_ignored(monkeypatch):
+    """They come from any client: never an error, never a trace that is not one."""
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    monkeypatch.delenv("GCP_PROJECT", raising=False)
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    for header, expected in [
+        ({"X-Cloud-Trace-Context": f"{trace}/{'1' * 4301}"}, {}),  # int() refused it: a 500
+        # past 64 bits: not a span id, but the trace is still one
+        ({"X-Cloud-Trace-Context": f"{trace}/{2**64}"}, {"logging.googleapis.com/trace": trace}),
+        ({"X-Cloud-Trace-Context": f"{trace}junk"}, {}),
+        ({"X-Cloud-Trace-Context": "0" * 32}, {}),  # all zeros: no trace (W3C)
+        ({"X-Cloud-Trace-Context": "%" * 10_000}, {}),
+        ({"traceparent": f"00-{trace}-{'b' * 4301}-01"}, {}),
+        ({"X-Cloud-Trace-Context": f"{trace}/{2**64 - 1};o=1"}, None),
+        ({"X-Cloud-Trace-Context": f"{trace.upper()}/0"}, {"logging.googleapis.com/trace": trace}),
+    ]:
+        fields = telemetry.trace_fields(header)
+        if expected is None:
+            assert fields["logging.googleapis.com/spanId"] == "f" * 16
+        else:
+            assert fields == expected, header
