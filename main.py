@@ -20,6 +20,7 @@ QUERY = UsersQuery(SETTINGS.columns)
 
 
 @functions_framework.http
+@responses.unread_body
 @telemetry.logged(DB.pool_state)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:

@@ -164,6 +164,27 @@ def health(pool: dict[str, Any], database: dict[str, Any]) -> flask.Response:
     return flask.Response(body, content_type=JSON, headers={"Cache-Control": NO_STORE})
 
 
+def unread_body(handler: Callable[[flask.Request], flask.Response]) -> Callable:
+    """Answer a request that carries a body without waiting for that body.
+
+    This function never reads a request body, but functions-framework reads it whole after
+    the handler returns (so the connection stays usable), unless the response is streamed.
+    A client that declares a body and never sends it would hold a server thread, its answer
+    unsent, for as long as it likes. Handed over as an iterator, the answer is sent at once
+    and gunicorn drains the body itself for at most 5 s, then closes the connection.
+    """
+
+    @functools.wraps(handler)
+    def wrapper(request: flask.Request) -> flask.Response:
+        response = handler(request)
+        has_body = request.content_length or "Transfer-Encoding" in request.headers
+        if has_body and not response.is_streamed:
+            response.response = iter(response.response)  # Content-Length stays as it was
+        return response
+
+    return wrapper
+
+
 def json_errors(handler: Callable[[flask.Request], flask.Response]) -> Callable:
     """Turn every exception from the handler into a JSON error response."""
 

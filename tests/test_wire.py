@@ -90,9 +90,7 @@ def dechunk(body: bytes) -> tuple[bytes, bool]:
 
 
 @pytest.mark.parametrize("accept", ["identity", "gzip"])
-def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(
-    admin, serve, accept
-):
+def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(admin, serve, accept):
     """The database connection dies after the first page was sent: the client's transfer
     ends without the chunked terminator, and the function logs one ERROR line saying
     truncated, the bytes sent and why, with no plain-text traceback anywhere."""
@@ -131,3 +129,30 @@ def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(
     log = served.log.read_text(errors="replace")
     assert "Traceback" not in log
     assert all(text.startswith("{") for text in log.splitlines() if text.strip())
+
+
+def test_a_body_that_never_comes_neither_delays_the_answer_nor_holds_a_thread(admin, serve):
+    """The function reads no request body, but functions-framework read it after the handler
+    returned: a client declaring a body it never sent held a thread, its answer unsent, for
+    as long as it liked (two such clients froze a THREADS=2 function)."""
+    seed.seed_users(admin, 5, progress=False)
+    served = serve(THREADS="2")
+    address = served.base.removeprefix("http://").split(":")
+    stalled = []
+    for request in (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc",
+        b"GET /?limit=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+    ):
+        sock = socket.create_connection(address, timeout=15)
+        sock.sendall(request)  # and never the rest of the body
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        assert answer.startswith((b"HTTP/1.1 405", b"HTTP/1.1 200")), answer[:100]
+        stalled.append(sock)
+    # Both threads are free again (gunicorn drains a body for at most 5 s): others are served
+    # while the stalled clients still hold their connections open.
+    status, _, body = http_get(served, "/healthz", {})
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    for sock in stalled:
+        sock.close()
