@@ -130,6 +130,9 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
             data = gzip.finish(b"]}") if gzip else b"]}"
             stats.bytes += len(data)
             yield data
+        except GeneratorExit:  # the server could not write: the client went away
+            stats.cut, stats.client_left = "client_closed: the client closed the connection", True
+            raise
         except Exception as exc:  # noqa: BLE001 - logged with the request, then the cut
             failure = classify(exc)
             stats.cut = f"{failure.code}: {describe(exc)}"

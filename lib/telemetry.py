@@ -42,6 +42,7 @@ class Stats:
     bytes: int = 0
     retried: bool = False
     cut: str | None = None  # why a streamed response ended before its last byte
+    client_left: bool = False  # ... and it was the client's doing, not ours
 
     @property
     def truncated(self) -> bool:
@@ -112,8 +113,9 @@ def logged(pool_state: Callable[[], dict[str, Any]]) -> Callable:
 
 
 def severity(status: int, stats: Stats) -> str:
-    """A cut stream is an ERROR whatever its status line said: the client got part of it."""
-    if stats.truncated or (status >= 500 and status != 503):
+    """A stream we cut is an ERROR whatever its status line said: the client got part of it.
+    One the client left (`curl | head`) is the client's business."""
+    if (stats.truncated and not stats.client_left) or (status >= 500 and status != 503):
         return "ERROR"
     return "WARNING" if status >= 400 else "INFO"
 

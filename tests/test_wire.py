@@ -156,3 +156,22 @@ def test_a_body_that_never_comes_neither_delays_the_answer_nor_holds_a_thread(ad
     assert status == 200 and json.loads(body)["status"] == "ok"
     for sock in stalled:
         sock.close()
+
+
+def test_a_client_leaving_mid_stream_is_logged_as_truncated_not_as_a_success(admin, serve):
+    seed.seed_users(admin, STREAMED_USERS, progress=False)
+    # The second page waits a second: the client is gone when the function writes it.
+    slow_users(admin, "(SELECT pg_sleep(CASE WHEN r.id = 5500 THEN 1 ELSE 0 END))")
+    served = serve()
+    sock = socket.create_connection(served.base.removeprefix("http://").split(":"), timeout=20)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not request_lines(served):
+        time.sleep(0.1)
+    [line] = [entry for entry in request_lines(served) if "httpRequest" in entry]
+    assert line["truncated"] is True and line["cause"].startswith("client_closed")
+    assert line["severity"] == "INFO"  # the client's doing, not an error of ours
+    assert line["bytes"] < 1_000_000  # the second page was never sent
+    assert "Traceback" not in served.log.read_text(errors="replace")
