@@ -1,13 +1,16 @@
-"""HTTP responses: the users JSON envelope, and every failure as a JSON error with the right status.
+"""HTTP responses: the two routes, the users JSON envelope (gzip, ETag, caching headers), and
+every failure as a JSON error with the right status.
 
 Clients of a serverless function retry on 503 and give up on 4xx, so the status must say
 what happened: the database is unreachable or the pool is full (503, retry soon), a query
 ran too long (504), the request is wrong (4xx), or the function is misconfigured (500).
-No response ever carries a traceback, a DSN or a password.
+No response ever carries a traceback, a DSN or a password; once a streamed listing's status
+is sent, a failure cuts the response so that no client can mistake part for the whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -158,7 +161,8 @@ def cut(environ: dict[str, Any]) -> None:
     sock = environ.get("gunicorn.socket")
     if sock is None:
         raise StreamCut("response cut")
-    sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):  # the client may be gone already
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def health(pool: dict[str, Any], database: dict[str, Any]) -> flask.Response:
