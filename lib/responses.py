@@ -123,6 +123,12 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
     gzipped = compression.use_gzip(request.headers.get("Accept-Encoding"), None)
     gzip = compression.GzipStream() if gzipped else None
     stats = listing.stats
+    headers = {"Cache-Control": LISTING_CACHE, "Vary": "Accept-Encoding"}
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    if request.if_none_match.star_tag:  # "*": any current representation (RFC 9110, 13.1.2)
+        listing.close()
+        return flask.Response(status=304, content_type=JSON, headers=headers)
 
     def chunks() -> Iterator[bytes]:
         try:
@@ -141,9 +147,6 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
             stats.cut = f"{failure.code}: {describe(exc)}"
             cut(request.environ)
 
-    headers = {"Cache-Control": LISTING_CACHE, "Vary": "Accept-Encoding"}
-    if gzip:
-        headers["Content-Encoding"] = "gzip"
     response = flask.Response(chunks(), content_type=JSON, headers=headers)
     response.call_on_close(listing.close)  # also when the body is never read (HEAD, client gone)
     return response
