@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from lib import database_url
 from lib.database_url import DatabaseUrl
@@ -40,6 +41,7 @@ class CloudSql:
     password: str | None = field(repr=False)
     iam_auth: bool
     ip_type: str  # a member name of google.cloud.sql.connector.IPTypes
+    api_endpoint: str | None = None  # the Admin API's base URL; None = Google's public one
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,28 @@ def _cloud_sql(env: Mapping[str, str]) -> CloudSql:
         password=None if iam_user else password,
         iam_auth=bool(iam_user),
         ip_type=_IP_TYPES[ip_type_raw],
+        api_endpoint=_api_endpoint(env.get("CLOUD_SQL_API_ENDPOINT", "")),
     )
+
+
+def _api_endpoint(raw: str) -> str | None:
+    """The Cloud SQL Admin API's base URL, for private API endpoints (Private Service Connect
+    for Google APIs, `https://sqladmin-myendpoint.p.googleapis.com`) or a local emulator.
+    The function sends its access token there: plain http only to a loopback address."""
+    raw = raw.strip().rstrip("/")
+    if not raw:
+        return None
+    url = urlsplit(raw)
+    if url.scheme not in ("https", "http") or not url.hostname or url.query or url.fragment:
+        raise ConfigError(
+            "CLOUD_SQL_API_ENDPOINT", "must be a base URL such as https://sqladmin.googleapis.com"
+        )
+    loopback = url.hostname == "localhost" or url.hostname.startswith("127.")
+    if url.scheme == "http" and not loopback:
+        raise ConfigError(
+            "CLOUD_SQL_API_ENDPOINT", "must use https: the function sends its access token there"
+        )
+    return raw
 
 
 def _columns(raw: str) -> tuple[str, ...]:

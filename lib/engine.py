@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import threading
 import time
@@ -19,11 +18,12 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from lib import connect_url
-from lib.config import CloudSql, Settings
-from lib.failures import ConnectError, ConnectionLost, PoolBusy, is_disconnect
+from lib.config import Settings
+from lib.failures import ConnectionLost, PoolBusy, is_disconnect
 from lib.session import Session
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Database:
         self.settings = settings
         self._lock = threading.Lock()
         self._engine: Engine | None = None
-        self._connector: Any = None  # google.cloud.sql.connector.Connector, imported lazily
+        self._cloud_sql: Any = None  # lib.cloud_sql.CloudSqlConnect, imported lazily
         # When a connection was last found dead: pooled ones idle since then are checked first.
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
@@ -93,9 +93,14 @@ class Database:
             self._waiting += 1
         try:
             return self.engine().raw_connection()
-        except BaseException:
+        except BaseException as exc:
             if self._admission is not None:
                 self._admission.release()
+            cloud_sql = self._cloud_sql
+            if isinstance(exc, PoolTimeout) and cloud_sql is not None and not cloud_sql.healthy:
+                # The slots were held by connects that fail or hang, not by busy
+                # connections: answer the connect failure, not "pool exhausted".
+                raise cloud_sql.refusal()  # noqa: B904 - its __cause__ is the connect failure
             raise
         finally:
             with self._lock:
@@ -145,9 +150,9 @@ class Database:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
-            if self._connector is not None:
-                self._connector.close()
-                self._connector = None
+            if self._cloud_sql is not None:
+                self._cloud_sql.close()
+                self._cloud_sql = None
 
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's pool without touching its sockets."""
@@ -155,7 +160,7 @@ class Database:
         if self._engine is not None:
             self._engine.dispose(close=False)
         self._engine = None
-        self._connector = None  # its event-loop thread did not survive the fork
+        self._cloud_sql = None  # its event-loop thread did not survive the fork
         self.session = Session(self.settings)
 
     def _build(self) -> Engine:
@@ -166,7 +171,9 @@ class Database:
                 "startup_params": self.session.startup_params(),
                 "timeout": s.connect_timeout,
             }
-            creator = self._cloud_sql_creator(s.cloud_sql, driver_args)
+            from lib.cloud_sql import CloudSqlConnect  # imports the connector: only on this path
+
+            creator = self._cloud_sql = CloudSqlConnect(s.cloud_sql, driver_args, s.connect_timeout)
         else:
             url, session = s.url, self.session  # config.load sets url or cloud_sql
 
@@ -194,32 +201,6 @@ class Database:
             # Every statement is a single read: no BEGIN/ROLLBACK round trips around it.
             "isolation_level": "AUTOCOMMIT",
         }
-
-    def _cloud_sql_creator(self, cs: CloudSql, driver_args: dict[str, Any]) -> Any:
-        """One Connector for the process, lazy certificate refresh (CPU is throttled when idle)."""
-        from google.cloud.sql.connector import Connector, IPTypes  # heavy: only on this path
-
-        self._connector = connector = Connector(
-            ip_type=IPTypes[cs.ip_type],
-            enable_iam_auth=cs.iam_auth,
-            refresh_strategy="lazy",
-            timeout=math.ceil(self.settings.connect_timeout),
-        )
-
-        def creator() -> Any:
-            try:
-                return connector.connect(
-                    cs.instance,
-                    "pg8000",
-                    user=cs.user,
-                    password=cs.password,
-                    db=cs.database,
-                    **driver_args,
-                )
-            except Exception as exc:  # API, DNS, TLS, credentials: all mean "cannot connect now"
-                raise ConnectError(f"Cloud SQL connector: {type(exc).__name__}: {exc}") from exc
-
-        return creator
 
     def _listen(self, engine: Engine) -> None:
         read_timeout = self.settings.statement_timeout_ms / 1000 + self.settings.connect_timeout

@@ -1,130 +1,180 @@
-"""The Cloud SQL Connector path, up to the connector's network call.
-
-Only what cannot exist here is faked: Google credentials (a generated service-account key)
-and the Cloud SQL Admin API + TLS tunnel (`Connector.connect`, which here returns a real
-pg8000 connection to the test database). The real Connector is constructed by our code.
-"""
+"""The Cloud SQL path end to end: the real Connector, google-auth and aiohttp against a fake
+of Google's side (tests/google_fake.py: token endpoint, Admin API, server proxy on port 3307),
+through to the test PostgreSQL. Nothing of ours or of the connector is replaced."""
 
 from __future__ import annotations
 
-import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
-import pg8000.dbapi
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy.engine import make_url
 
 from tests.conftest import insert_users, terminate_function_connections
+from tests.google_fake import GoogleFake
 
-INSTANCE = "my-proj:us-central1:main"
-
-
-@pytest.fixture
-def fake_credentials(tmp_path, monkeypatch):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    path = tmp_path / "sa.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "my-proj",
-                "private_key_id": "k1",
-                "private_key": pem,
-                "client_email": "fn@my-proj.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": "https://oauth2.googleapis.com/token",
-            }
-        )
-    )
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
-    monkeypatch.setenv("NO_GCE_CHECK", "true")
+IAM_USER = "fn@my-proj.iam"  # the fake service account's email without .gserviceaccount.com
 
 
 @pytest.fixture
-def connector_calls(postgres, monkeypatch, fake_credentials):
-    """Record Connector construction and connect() calls; connect to the test database."""
+def google(postgres, tmp_path) -> Iterator[GoogleFake]:
+    fake = GoogleFake(tmp_path, (postgres.host, postgres.port))
+    yield fake
+    fake.close()
+
+
+def password_env(postgres, google: GoogleFake, **extra: str) -> dict[str, str]:
+    url = make_url(postgres.admin_url)
+    return google.env(DB_USER=url.username, DB_PASS=url.password, DB_NAME=url.database, **extra)
+
+
+def error_of(response) -> tuple[int, str]:
+    return response.status_code, response.get_json()["error"]["code"]
+
+
+def test_password_login_through_the_connector(admin, make_app, google, postgres):
+    insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
+    client = make_app(**password_env(postgres, google)).test_client()
+    assert google.api.calls == {}  # nothing built at import
+    response = client.get("/")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["users"][0]["email"] == "a@example.com"
+    assert google.api.calls["token"] >= 1  # google-auth signed a JWT the fake verified
+    assert google.api.calls["connectSettings"] == 1
+    assert google.refreshes() == 1
+    assert google.proxy.tunnels == {google.addresses["PRIMARY"]: 1}
+    assert google.proxy.iam_logins == []
+
+
+def test_one_connector_per_process_closed_at_exit(admin, make_app, google, postgres, monkeypatch):
     from google.cloud.sql.connector import Connector
 
-    calls: dict[str, list] = {"init": [], "connect": []}
+    built = []
     real_init = Connector.__init__
+    monkeypatch.setattr(
+        Connector, "__init__", lambda self, **kw: built.append(kw) or real_init(self, **kw)
+    )
+    client = make_app(**password_env(postgres, google)).test_client()
+    import main  # the module make_app just loaded
 
-    def init(self, *args, **kwargs):
-        calls["init"].append(self)
-        real_init(self, *args, **kwargs)
-
-    def connect(self, instance, driver, **kwargs):
-        calls["connect"].append((instance, driver, dict(kwargs)))
-        if kwargs["user"] == "broken":
-            raise RuntimeError("Admin API: 403 Forbidden")
-        kwargs.pop("db")
-        kwargs.update(user="postgres", password="postgres")  # the test server's login
-        return pg8000.dbapi.connect(
-            host=postgres.host, port=postgres.port, database="postgres", **kwargs
-        )
-
-    monkeypatch.setattr(Connector, "__init__", init)
-    monkeypatch.setattr(Connector, "connect", connect)
-    return calls
+    for _ in range(3):
+        assert client.get("/").status_code == 200
+        terminate_function_connections(admin)  # the next request opens a new connection
+    assert sum(google.proxy.tunnels.values()) == 3
+    assert len(built) == 1
+    assert built[0]["refresh_strategy"] == "lazy"
+    assert google.refreshes() == 1  # one certificate served every connection
+    main.DB.close()  # what happens at exit
+    assert "cloud-sql-connector" not in [t.name for t in threading.enumerate()]
 
 
-def cloud_env(**extra: str) -> dict[str, str]:
-    return {"INSTANCE_CONNECTION_NAME": INSTANCE, "DB_NAME": "app", "DATABASE_URL": "", **extra}
+def create_iam_role(admin, google: GoogleFake) -> None:
+    """An IAM database user as Cloud SQL creates it; its password is known to the fake only."""
+    secret = "iam-" + str(time.time_ns())
+    cursor = admin.cursor()
+    cursor.execute(
+        f'DO $$ BEGIN CREATE ROLE "{IAM_USER}" LOGIN; EXCEPTION WHEN duplicate_object '
+        "THEN NULL; END $$"
+    )
+    cursor.execute(f"ALTER ROLE \"{IAM_USER}\" PASSWORD '{secret}'")
+    cursor.execute(f'GRANT SELECT ON users TO "{IAM_USER}"')
+    google.iam_passwords[IAM_USER] = secret
 
 
-def test_password_login_through_the_connector(admin, make_app, connector_calls):
-    from google.cloud.sql.connector import IPTypes
-    from google.cloud.sql.connector.enums import RefreshStrategy
+def test_iam_login_needs_no_password(admin, make_app, google, postgres):
+    create_iam_role(admin, google)
+    db = make_url(postgres.admin_url).database
+    client = make_app(**google.env(DB_IAM_USER=IAM_USER, DB_NAME=db)).test_client()
+    assert client.get("/").status_code == 200
+    # The certificate was made for a sqlservice.login token of the service account, and the
+    # proxy logged that principal in: the function had no password to give.
+    assert google.api.login_principals == [google.tokens.email]
+    assert google.proxy.iam_logins == [IAM_USER]
+    cursor = admin.cursor()
+    cursor.execute("SELECT usename FROM pg_stat_activity WHERE application_name = 'users-function'")
+    assert [row[0] for row in cursor.fetchall()] == [IAM_USER]
 
+
+def test_the_iam_role_cannot_log_in_with_a_password(admin, make_app, google, postgres):
+    create_iam_role(admin, google)
+    db = make_url(postgres.admin_url).database
+    env = google.env(DB_USER=IAM_USER, DB_PASS="a guess", DB_NAME=db)
+    response = make_app(**env).test_client().get("/")
+    assert error_of(response) == (500, "configuration_error")
+    assert google.proxy.iam_logins == []
+
+
+@pytest.mark.parametrize(
+    "ip_type, address", [("public", "PRIMARY"), ("private", "PRIVATE"), ("psc", "PSC")]
+)
+def test_each_ip_type_reaches_its_own_address(admin, make_app, google, postgres, ip_type, address):
+    client = make_app(**password_env(postgres, google, IP_TYPE=ip_type)).test_client()
+    assert client.get("/").status_code == 200
+    assert google.proxy.tunnels == {google.addresses[address]: 1}
+
+
+def test_killed_backends_are_replaced_without_a_refresh(admin, make_app, google, postgres):
     insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
-    client = make_app(
-        **cloud_env(DB_USER="app-user", DB_PASS="pw", PRIVATE_IP="true")
-    ).test_client()
-    assert connector_calls["init"] == []  # nothing built at import
+    client = make_app(**password_env(postgres, google)).test_client()
+    for _ in range(3):
+        assert client.get("/").status_code == 200
+    assert terminate_function_connections(admin) >= 1
     response = client.get("/")
     assert response.status_code == 200
     assert response.get_json()["users"][0]["email"] == "a@example.com"
-
-    [connector] = connector_calls["init"]
-    assert connector._refresh_strategy == RefreshStrategy.LAZY
-    assert connector._ip_type == IPTypes.PRIVATE
-    assert connector._enable_iam_auth is False
-    instance, driver, kwargs = connector_calls["connect"][0]
-    assert (instance, driver) == (INSTANCE, "pg8000")
-    assert (kwargs["user"], kwargs["password"], kwargs["db"]) == ("app-user", "pw", "app")
-    assert kwargs["application_name"] == "users-function"
-    assert kwargs["startup_params"]["default_transaction_read_only"] == "on"
+    assert google.refreshes() == 1
 
 
-def test_iam_login_and_psc(admin, make_app, connector_calls):
-    from google.cloud.sql.connector import IPTypes
+def test_lazy_refresh_before_the_certificate_expires(admin, make_app, google, postgres):
+    """The lazy strategy refreshes when a connection starts within 4 minutes (the connector's
+    buffer) of the certificate's expiry: a certificate of 4 min + 2 s is reused for 2 s,
+    then replaced by the next new connection, and the proxy sees the new one."""
+    from google.cloud.sql.connector.refresh_utils import _refresh_buffer
 
-    client = make_app(**cloud_env(DB_IAM_USER="fn@my-proj.iam", IP_TYPE="psc")).test_client()
+    google.api.cert_lifetime_s = _refresh_buffer + 2
+    client = make_app(**password_env(postgres, google)).test_client()
     assert client.get("/").status_code == 200
-    [connector] = connector_calls["init"]
-    assert connector._enable_iam_auth is True and connector._ip_type == IPTypes.PSC
-    assert connector_calls["connect"][0][2]["password"] is None
+    issued = time.monotonic()
+    terminate_function_connections(admin)
+    assert client.get("/").status_code == 200
+    assert google.refreshes() == 1, "a fresh certificate was refreshed"
+    time.sleep(max(0.0, issued + 2.5 - time.monotonic()))
+    assert client.get("/").status_code == 200  # on the pooled connection: no refresh needed
+    assert google.refreshes() == 1
+    terminate_function_connections(admin)
+    assert client.get("/").status_code == 200
+    assert google.refreshes() == 2
+    assert len(google.proxy.client_serials) == 2
 
 
-def test_one_connector_per_process_however_many_connections(admin, make_app, connector_calls):
-    client = make_app(**cloud_env(DB_USER="u", DB_PASS="pw")).test_client()
-    import main  # the module make_app just loaded
+def test_the_fake_proxy_refuses_foreign_and_expired_certificates(google):
+    """What the lazy refresh guards against is real here: OpenSSL in the fake server proxy
+    refuses a client certificate past its expiry, or from another CA."""
+    import ssl
 
-    for _ in range(4):
-        assert client.get("/").status_code == 200
-        terminate_function_connections(admin)  # force a new connection next time
-    assert len(connector_calls["connect"]) >= 4
-    assert len(connector_calls["init"]) == 1
-    connector = connector_calls["init"][0]
-    main.DB.close()  # what happens at shutdown
-    assert connector._closed is True
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
+    from tests.google_fake import CertificateAuthority, pem_files
 
-def test_connector_failure_is_a_503(admin, make_app, connector_calls):
-    client = make_app(**cloud_env(DB_USER="broken", DB_PASS="pw")).test_client()
-    response = client.get("/")
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "database_unavailable"
-    assert "403" not in response.get_data(as_text=True)
+    def handshake(ca: CertificateAuthority, lifetime_s: float) -> bool:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = ca.issue(key.public_key(), "client", lifetime_s, ExtendedKeyUsageOID.CLIENT_AUTH)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.load_verify_locations(cadata=google.proxy.server_ca.pem)
+        with pem_files(key, cert) as path:
+            context.load_cert_chain(path)
+        address = google.addresses["PRIMARY"]
+        try:
+            with context.wrap_socket(socket.create_connection((address, 3307), timeout=5)) as tls:
+                tls.sendall(b"\0\0\0\x08\x04\xd2\x16\x2f")  # SSLRequest: the proxy answers N
+                return tls.recv(1) == b"N"
+        except (ssl.SSLError, OSError):
+            return False
+
+    assert handshake(google.proxy.client_ca, 60)
+    assert not handshake(google.proxy.client_ca, -30)
+    assert not handshake(CertificateAuthority("someone else"), 60)
