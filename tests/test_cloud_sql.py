@@ -4,15 +4,21 @@ through to the test PostgreSQL. Nothing of ours or of the connector is replaced.
 
 from __future__ import annotations
 
+import gc
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import insert_users, terminate_function_connections
+from devtools import seed
+from tests.conftest import function_connections, insert_users, terminate_function_connections
 from tests.google_fake import GoogleFake
 
 IAM_USER = "fn@my-proj.iam"  # the fake service account's email without .gserviceaccount.com
@@ -178,3 +184,132 @@ def test_the_fake_proxy_refuses_foreign_and_expired_certificates(google):
     assert handshake(google.proxy.client_ca, 60)
     assert not handshake(google.proxy.client_ca, -30)
     assert not handshake(CertificateAuthority("someone else"), 60)
+
+
+def requests_for(client, seconds: float, path: str = "/") -> list:
+    """GET `path` every 50 ms for `seconds`: the responses."""
+    responses, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        responses.append(client.get(path))
+        time.sleep(0.05)
+    return responses
+
+
+@pytest.mark.parametrize(
+    "change, hint",
+    [({"DB_PASS": "wrong"}, "log in"), ({"DB_NAME": "no_such_db"}, "log in")],
+    ids=["wrong password", "unknown database"],
+)
+def test_login_failures_are_configuration_errors_without_a_refresh_storm(
+    admin, make_app, google, postgres, change, hint
+):
+    """The SQLSTATE (28P01, 3D000) survives the connector; the connector would refresh its
+    certificate after each failure, but attempts are spaced 1 s, then 2 s, ... apart."""
+    client = make_app(**{**password_env(postgres, google), **change}).test_client()
+    responses = requests_for(client, 2.5)
+    assert len(responses) > 20
+    assert {error_of(r) for r in responses} == {(500, "configuration_error")}
+    assert hint in responses[-1].get_json()["error"]["message"]
+    assert "wrong" not in responses[-1].get_data(as_text=True)
+    assert google.refreshes() == 2  # at 0 s and 1 s; the next attempt is due at 3 s
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_admin_api_refusal_is_a_configuration_error_until_it_is_fixed(
+    admin, make_app, google, postgres, status
+):
+    google.api.refuse_with = status
+    client = make_app(**password_env(postgres, google)).test_client()
+    responses = requests_for(client, 1.5)
+    assert {error_of(r) for r in responses} == {(500, "configuration_error")}
+    message = responses[-1].get_json()["error"]["message"]
+    assert "INSTANCE_CONNECTION_NAME" in message and "roles/cloudsql.client" in message
+    assert google.api.calls["connectSettings"] == 2  # at 0 s and 1 s, not once a request
+
+    google.api.refuse_with = None  # fixed (say, the role granted): the next attempt, due at
+    fixed = time.monotonic()  # 3 s, succeeds; until then the last failure is the answer
+    while client.get("/").status_code != 200:
+        assert time.monotonic() - fixed < 2 + 1, "not recovered within one interval"
+        time.sleep(0.05)
+    assert google.api.calls["connectSettings"] == 3
+
+
+def timed_get(url: str) -> tuple[int, str, float]:
+    """(status, error code or "", seconds) of one GET."""
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - loopback
+            response.read()
+            return response.status, "", time.monotonic() - start
+    except urllib.error.HTTPError as error:
+        code = json.loads(error.read())["error"]["code"]
+        return error.code, code, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_fifty_concurrent_requests_use_five_tunnels(admin, serve, google, postgres):
+    """Through `functions-framework --target users`: 50 requests at once share the pool's 5
+    connections, hence at most 5 TLS tunnels and 5 server connections, on one certificate."""
+    seed.seed_users(admin, 200, progress=False)
+    served = serve(**password_env(postgres, google))
+    peak_server = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        conn = seed.connect(postgres.admin_url)
+        while not stop.is_set():
+            peak_server[0] = max(peak_server[0], function_connections(conn))
+            time.sleep(0.01)
+        conn.close()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(timed_get, [served.base + "/?limit=100"] * 50))
+    stop.set()
+    sampler.join()
+    assert [status for status, _, _ in results] == [200] * 50
+    assert 1 <= google.proxy.peak <= 5
+    assert 1 <= peak_server[0] <= 5
+    assert google.refreshes() == 1
+
+
+@pytest.mark.slow
+def test_a_slow_admin_api_is_bounded_by_the_connect_timeout(admin, serve, google, postgres):
+    """Admin API answering in 12 s, DB_CONNECT_TIMEOUT=5, DB_POOL_TIMEOUT=3: every cold
+    request is answered 503 database_unavailable within 5 + 3 + 2 s, none pool_exhausted."""
+    google.api.delay_s = 12
+    env = password_env(postgres, google, DB_CONNECT_TIMEOUT="5", DB_POOL_TIMEOUT="3")
+    served = serve(**env, THREADS="10")
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(timed_get, [served.base + "/"] * 10))
+    assert {(status, code) for status, code, _ in results} == {(503, "database_unavailable")}
+    assert max(seconds for _, _, seconds in results) < 5 + 3 + 2
+    assert google.api.calls["connectSettings"] == 1  # one attempt, then the back-off
+    assert sum(google.proxy.tunnels.values()) == 0
+
+    google.api.delay_s = 0.2  # the API recovers: so does the function, by itself
+    recovered = time.monotonic()
+    while timed_get(served.base + "/")[0] != 200:
+        assert time.monotonic() - recovered < 2 + 5, "not recovered within one interval"
+        time.sleep(0.1)
+
+
+def test_a_login_abandoned_at_the_connect_timeout_is_closed(admin, make_app, google, postgres):
+    """The connector runs pg8000's login in its loop's executor; cancelled meanwhile, asyncio
+    would drop the connection it returns, open until the garbage collector finds it."""
+    google.proxy.login_delay_s = 1.5
+    env = password_env(postgres, google, DB_CONNECT_TIMEOUT="1")
+    client = make_app(**env).test_client()
+    gc.disable()  # the garbage collector must not be what closes it
+    try:
+        response = client.get("/")
+        assert error_of(response) == (503, "database_unavailable")
+        time.sleep(1.5)  # the login completes, into the void
+        deadline = time.monotonic() + 3
+        while google.proxy.open or function_connections(admin):
+            assert time.monotonic() < deadline, "the abandoned connection is still open"
+            time.sleep(0.05)
+    finally:
+        gc.enable()
+    assert sum(google.proxy.tunnels.values()) == 1
