@@ -99,8 +99,11 @@ class CloudSqlConnect:
         """The answer while connects fail: the last failure, raised again without an attempt."""
         failure = self._failure
         if failure is None:
-            return ConnectError("Cloud SQL: still connecting")
-        return _connect_error(failure)
+            return ConnectError("Cloud SQL: the first connection is still being opened")
+        wait = max(self._retry_at - time.monotonic(), 0)
+        return _connect_error(
+            f"Cloud SQL: last connect failed; next attempt in {wait:.1f} s", failure
+        )
 
     def close(self) -> None:
         """Close the Connector (its HTTP session) and stop the event loop's thread."""
@@ -141,7 +144,7 @@ class CloudSqlConnect:
         except Exception as exc:  # noqa: BLE001 - every connect failure is classified
             failure = _meaning(exc, self._cs)
             self._failed(failure)
-            raise _connect_error(failure) from failure
+            raise _connect_error("Cloud SQL: connect failed", failure) from failure
         with self._state:
             self._healthy, self._failure, self._interval = True, None, 0.0
         return conn
@@ -218,9 +221,9 @@ def _close_quietly(conn: Any) -> None:
             conn.close()
 
 
-def _connect_error(failure: BaseException) -> ConnectError:
+def _connect_error(message: str, failure: BaseException) -> ConnectError:
     """A ConnectError whose __cause__ is `failure`, for the classifier to read."""
-    error = ConnectError(f"Cloud SQL: {type(failure).__name__}: {failure}")
+    error = ConnectError(message)
     error.__cause__ = failure
     return error
 

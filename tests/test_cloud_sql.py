@@ -197,7 +197,10 @@ def requests_for(client, seconds: float, path: str = "/") -> list:
 
 @pytest.mark.parametrize(
     "change, hint",
-    [({"DB_PASS": "wrong"}, "log in"), ({"DB_NAME": "no_such_db"}, "log in")],
+    [
+        ({"DB_PASS": "wrong"}, "check the user and password"),
+        ({"DB_NAME": "no_such_db"}, "check the database name"),
+    ],
     ids=["wrong password", "unknown database"],
 )
 def test_login_failures_are_configuration_errors_without_a_refresh_storm(
