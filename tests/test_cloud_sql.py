@@ -18,6 +18,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from devtools import seed
+from lib import config
+from lib.failures import ConfigError
 from tests.conftest import function_connections, insert_users, terminate_function_connections
 from tests.google_fake import GoogleFake
 
@@ -316,3 +318,33 @@ def test_a_login_abandoned_at_the_connect_timeout_is_closed(admin, make_app, goo
     finally:
         gc.enable()
     assert sum(google.proxy.tunnels.values()) == 1
+
+
+CLOUD_ENV = {"INSTANCE_CONNECTION_NAME": "p:r:i", "DB_NAME": "d", "DB_USER": "u", "DB_PASS": "x"}
+
+
+@pytest.mark.parametrize(
+    "raw, endpoint",
+    [
+        ("", None),
+        ("https://sqladmin-private.p.googleapis.com/", "https://sqladmin-private.p.googleapis.com"),
+        ("http://127.0.0.1:8123", "http://127.0.0.1:8123"),
+    ],
+)
+def test_cloud_sql_api_endpoint_setting(raw, endpoint):
+    settings = config.load({**CLOUD_ENV, "CLOUD_SQL_API_ENDPOINT": raw})
+    assert settings.cloud_sql.api_endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    "raw, problem",
+    [
+        ("http://sqladmin.example.com", "must use https"),
+        ("sqladmin.googleapis.com", "base URL"),
+        ("https://sqladmin.googleapis.com?key=1", "base URL"),
+    ],
+)
+def test_cloud_sql_api_endpoint_rejected(raw, problem):
+    with pytest.raises(ConfigError, match=problem) as caught:
+        config.load({**CLOUD_ENV, "CLOUD_SQL_API_ENDPOINT": raw})
+    assert caught.value.variable == "CLOUD_SQL_API_ENDPOINT"
