@@ -197,6 +197,7 @@ class AdminApi:
     calls: Counter = field(default_factory=Counter)
     issued: list[x509.Certificate] = field(default_factory=list)
     login_principals: list[str] = field(default_factory=list)
+    timeline: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, "GET /path")
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def handle(self, method: str, path: str, token: str, body: dict) -> tuple[int, dict]:
@@ -562,9 +563,11 @@ def _bind_proxy(
 def _handler(fake: GoogleFake) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            fake.api.timeline.append((time.monotonic(), f"GET {self.path}"))
             self._answer(*fake.api.handle("GET", self.path, self._token(), {}))
 
         def do_POST(self) -> None:
+            fake.api.timeline.append((time.monotonic(), f"POST {self.path}"))
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.path == "/token":
                 fake.api.calls["token"] += 1
@@ -583,6 +586,7 @@ def _handler(fake: GoogleFake) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                fake.api.timeline.append((time.monotonic(), f"answered {self.path}"))
             except OSError:
                 pass  # the client gave up (a cancelled connect)
 

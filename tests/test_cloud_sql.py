@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import socket
+import statistics
 import threading
 import time
 import urllib.error
@@ -20,8 +21,14 @@ from sqlalchemy.engine import make_url
 from devtools import seed
 from lib import config
 from lib.failures import ConfigError
-from tests.conftest import function_connections, insert_users, terminate_function_connections
+from tests.conftest import (
+    function_connections,
+    insert_users,
+    run_python,
+    terminate_function_connections,
+)
 from tests.google_fake import GoogleFake
+from tests.report import figure
 
 IAM_USER = "fn@my-proj.iam"  # the fake service account's email without .gserviceaccount.com
 
@@ -348,3 +355,63 @@ def test_cloud_sql_api_endpoint_rejected(raw, problem):
     with pytest.raises(ConfigError, match=problem) as caught:
         config.load({**CLOUD_ENV, "CLOUD_SQL_API_ENDPOINT": raw})
     assert caught.value.variable == "CLOUD_SQL_API_ENDPOINT"
+
+
+COLD_START_PROBE = """
+import json, sys, time
+t0 = time.monotonic()
+import functions_framework
+app = functions_framework.create_app(target="users", source="main.py")
+t1 = time.monotonic()
+if sys.argv[1] == "cloud_sql":
+    import lib.cloud_sql  # the connector stack, timed apart from the first request
+t2 = time.monotonic()
+client = app.test_client()
+status = client.get("/").status_code
+t3 = time.monotonic()
+client.get("/")
+t4 = time.monotonic()
+print(json.dumps({"status": status, "import_main": t1 - t0, "import_connector": t2 - t1,
+                  "first": t3 - t2, "second": t4 - t3, "start": t2, "modules": len(sys.modules)}))
+"""
+
+
+@pytest.mark.slow
+def test_cold_start_of_both_paths(admin, google, postgres):
+    """Figures for README: a fresh interpreter imports main, answers its first request and a
+    second one, through DATABASE_URL and through the connector with an Admin API that takes
+    100 ms a call (connectSettings and generateEphemeralCert run side by side)."""
+    google.api.delay_s = 0.1
+    envs = {
+        "database_url": {"DATABASE_URL": postgres.admin_url},
+        "cloud_sql": {k: v for k, v in password_env(postgres, google).items() if v},
+    }
+    runs: dict[str, list[dict]] = {"database_url": [], "cloud_sql": []}
+    for _ in range(3):
+        for path, env in envs.items():
+            google.api.timeline.clear()
+            code = f"import sys; sys.argv[1:] = [{path!r}]\n{COLD_START_PROBE}"
+            run = json.loads(run_python(code, env).strip().splitlines()[-1])
+            assert run["status"] == 200
+            if path == "cloud_sql":  # first token request to the certificate's answer
+                timeline = google.api.timeline
+                cert = next(t for t, e in timeline if e.startswith("answered") and "Ephemeral" in e)
+                run["refresh"] = cert - timeline[0][0]
+                run["before_refresh"] = timeline[0][0] - run["start"]
+            runs[path].append(run)
+
+    def ms(path: str, key: str) -> str:
+        return f"{statistics.median(r[key] for r in runs[path]) * 1000:.0f} ms"
+
+    figure(
+        f"cold start, DATABASE_URL: import main {ms('database_url', 'import_main')}, "
+        f"first answer {ms('database_url', 'first')}, next {ms('database_url', 'second')}"
+    )
+    figure(
+        f"cold start, Cloud SQL connector (Admin API 100 ms a call): import main "
+        f"{ms('cloud_sql', 'import_main')}, import of the connector stack "
+        f"{ms('cloud_sql', 'import_connector')}, first answer {ms('cloud_sql', 'first')} "
+        f"(before the first token request {ms('cloud_sql', 'before_refresh')}, token + "
+        f"refresh {ms('cloud_sql', 'refresh')}), next "
+        f"{ms('cloud_sql', 'second')}"
+    )
