@@ -141,8 +141,7 @@ class CloudSqlConnect:
                     raise TimeoutError(
                         f"no connection within DB_CONNECT_TIMEOUT ({self._timeout:g} s)"
                     ) from None
-        except Exception as exc:  # noqa: BLE001 - every connect failure is classified
-            failure = _meaning(exc, self._cs)
+        except Exception as failure:  # remembered, then raised as the cause
             self._failed(failure)
             raise _connect_error("Cloud SQL: connect failed", failure) from failure
         with self._state:
@@ -164,7 +163,7 @@ class CloudSqlConnect:
             )
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who classifies it
             with contextlib.suppress(InvalidStateError):
-                handover.set_exception(exc)
+                handover.set_exception(_meaning(exc, cs))  # here, where __context__ is intact
             return
         try:
             handover.set_result(conn)
@@ -231,6 +230,10 @@ def _connect_error(message: str, failure: BaseException) -> ConnectError:
 def _meaning(exc: Exception, cs: CloudSql) -> Exception:
     """The connector's errors in our terms: what a redeploy must fix is a ConfigError naming
     the setting (the connector's own exception stays its __cause__); the rest is unchanged."""
+    if isinstance(exc, KeyError) and isinstance(exc.__context__, Exception):
+        # Connector 1.23: when concurrent connects fail on the Admin API, each removes the
+        # same cache entry and all but the first raise KeyError from the API's answer.
+        exc = exc.__context__
     config = None
     if isinstance(exc, aiohttp.ClientResponseError) and exc.status in (403, 404):
         config = ConfigError(

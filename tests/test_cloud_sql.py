@@ -246,6 +246,22 @@ def test_admin_api_refusal_is_a_configuration_error_until_it_is_fixed(
     assert google.api.calls["connectSettings"] == 3
 
 
+def test_connects_failing_together_are_all_classified(admin, make_app, google, postgres):
+    """Five connects in flight when the Admin API starts refusing: the connector's cache is
+    removed by the first and the others fail with KeyError; each still answers what the API
+    said, and so does the back-off afterwards."""
+    google.api.cert_lifetime_s = 200  # under the 4-minute buffer: every connect refreshes
+    google.api.delay_s = 0.2  # so that the five overlap
+    app = make_app(**password_env(postgres, google))
+    assert app.test_client().get("/").status_code == 200
+    google.api.refuse_with = 403
+    terminate_function_connections(admin)
+    with ThreadPoolExecutor(5) as pool:
+        responses = list(pool.map(lambda _: app.test_client().get("/?limit=1"), range(5)))
+    responses.append(app.test_client().get("/"))  # answered from the last failure
+    assert [error_of(r) for r in responses] == [(500, "configuration_error")] * 6
+
+
 def timed_get(url: str) -> tuple[int, str, float]:
     """(status, error code or "", seconds) of one GET."""
     start = time.monotonic()
