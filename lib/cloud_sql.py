@@ -87,7 +87,9 @@ class CloudSqlConnect:
         with self._one_at_a_time(deadline):
             if not self._healthy:
                 return self._attempt(deadline)
-        return self._attempt(deadline)  # another attempt succeeded while this one waited
+        # Another attempt succeeded while this one waited: connect in the time left. Running
+        # out of it says nothing about Cloud SQL, so that is not remembered as a failure.
+        return self._attempt(deadline, remember_timeout=False)
 
     @property
     def healthy(self) -> bool:
@@ -127,7 +129,7 @@ class CloudSqlConnect:
         finally:
             self._turn.release()
 
-    def _attempt(self, deadline: float) -> pg8000.dbapi.Connection:
+    def _attempt(self, deadline: float, remember_timeout: bool = True) -> pg8000.dbapi.Connection:
         handover: Future = Future()
         task = asyncio.run_coroutine_threadsafe(self._open(handover), self._loop)
         try:
@@ -142,7 +144,8 @@ class CloudSqlConnect:
                         f"no connection within DB_CONNECT_TIMEOUT ({self._timeout:g} s)"
                     ) from None
         except Exception as failure:  # remembered, then raised as the cause
-            self._failed(failure)
+            if remember_timeout or not isinstance(failure, TimeoutError):
+                self._failed(failure)
             raise _connect_error("Cloud SQL: connect failed", failure) from failure
         with self._state:
             self._healthy, self._failure, self._interval = True, None, 0.0
