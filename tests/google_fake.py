@@ -202,7 +202,6 @@ class AdminApi:
     refuse_with: int | None = None  # answer this HTTP status instead
     delay_s: float = 0.0  # answer this much later
     calls: Counter = field(default_factory=Counter)
-    issued: list[x509.Certificate] = field(default_factory=list)
     login_principals: list[str] = field(default_factory=list)
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, "GET /path")
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -235,8 +234,8 @@ class AdminApi:
                 {"type": "PRIVATE", "ipAddress": self.addresses["PRIVATE"]},
             ],
             "pscEnabled": True,
-            # A name the resolver maps to the PSC endpoint; an address literal resolves to
-            # itself, so no DNS (or /etc/hosts) change is needed here.
+            # Cloud SQL names a PSC endpoint in DNS; an address literal stands in for the name
+            # (getaddrinfo returns it as is), so no DNS or /etc/hosts change is needed.
             "dnsNames": [
                 {
                     "name": self.addresses["PSC"] + ".",
@@ -266,7 +265,6 @@ class AdminApi:
             ExtendedKeyUsageOID.CLIENT_AUTH,
             sans,
         )
-        self.issued.append(cert)
         return 200, {"ephemeralCert": {"kind": "sql#sslCert", "cert": _pem(cert)}}
 
 
@@ -298,7 +296,13 @@ class ServerProxy:
         self.client_serials: set[int] = set()
         self.login_delay_s = 0.0  # a slow login: wait this long before PostgreSQL sees it
         self._sockets: set[socket.socket] = set()
-        self._listeners = [socket.create_server((a, SERVER_PROXY_PORT)) for a in addresses]
+        self._listeners: list[socket.socket] = []
+        try:
+            for address in addresses:
+                self._listeners.append(socket.create_server((address, SERVER_PROXY_PORT)))
+        except OSError:
+            self.close()
+            raise
         for listener in self._listeners:
             threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 

@@ -191,6 +191,10 @@ def test_the_fake_proxy_refuses_foreign_and_expired_certificates(google):
     assert handshake(google.proxy.client_ca, 60)
     assert not handshake(google.proxy.client_ca, -30)
     assert not handshake(CertificateAuthority("someone else"), 60)
+    deadline = time.monotonic() + 2  # the proxy's thread counts after the client sees it
+    while google.proxy.refused_handshakes < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert google.proxy.refused_handshakes == 2
 
 
 def requests_for(client, seconds: float, path: str = "/") -> list:
