@@ -1,6 +1,7 @@
 """The Cloud SQL path end to end: the real Connector, google-auth and aiohttp against a fake
 of Google's side (tests/google_fake.py: token endpoint, Admin API, server proxy on port 3307),
-through to the test PostgreSQL. Nothing of ours or of the connector is replaced."""
+through to the test PostgreSQL. Nothing of ours or of the connector is replaced (one test
+counts Connector constructions with a spy that calls the real constructor)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def test_one_connector_per_process_closed_at_exit(admin, make_app, google, postg
     )
     client = make_app(**password_env(postgres, google)).test_client()
     import main  # the module make_app just loaded
+
+    assert built == []  # nothing built at import
 
     for _ in range(3):
         assert client.get("/").status_code == 200
