@@ -151,3 +151,32 @@ def test_a_warm_request_is_one_round_trip(admin, make_app, monkeypatch):
         assert client.get("/").status_code == 200
         assert client.get("/?limit=3").status_code == 200
     assert len(flushes) == 10  # one statement each: no BEGIN/ROLLBACK, no ping
+
+
+@pytest.mark.parametrize(("total", "more"), [(6, False), (7, True)])
+def test_a_full_last_page_says_whether_one_more_row_follows(admin, make_app, total, more):
+    from lib import seed
+
+    seed.seed_users(admin, total, progress=False)
+    client = make_app().test_client()
+    first = client.get("/?limit=3").get_json()
+    body = client.get("/" + first["next"]).get_json()  # rows 4-6: exactly `limit` rows
+    assert [u["id"] for u in body["users"]] == [4, 5, 6]
+    assert (body["next"] is not None) is more
+    if more:
+        last = client.get("/" + body["next"]).get_json()
+        assert [u["id"] for u in last["users"]] == [7] and last["next"] is None
+
+
+def test_a_page_deep_in_the_table_reads_only_the_index_past_its_cursor(admin):
+    """The cost of a page must not grow with its cursor: no sequential scan from row one."""
+    from lib import seed
+
+    seed.seed_users(admin, 20_000, progress=False)
+    cursor = admin.cursor()
+    sql = users_query.UsersQuery(("id", "email")).sql(after=15_000, limit=100)
+    cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
+    plan = json.dumps(cursor.fetchone()[0])
+    assert "Seq Scan" not in plan
+    cursor.execute(sql)
+    assert cursor.fetchone()[0::3] == [100, True]
