@@ -2,8 +2,9 @@
 
 Each page is one statement in one round trip (simple-query protocol, autocommit): the
 server selects a keyset page by `id`, renders every row with `row_to_json`, joins
-them into one text and says whether more rows follow (one index probe past the page). Turning rows into Python objects
-and back into JSON would cost ~10x more CPU than the whole rest of the request.
+them into one text and says whether more rows follow (one index probe past the page).
+Turning rows into Python objects and back into JSON would cost ~10x more CPU than the
+whole rest of the request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import binascii
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.pool import PoolProxiedConnection
@@ -152,13 +154,18 @@ class Listing:
     """The users for one request: first page fetched now, the rest as the client reads.
 
     Holding the first page before the response starts means any database error on it
-    still becomes a proper status code; later pages stream on the same connection.
+    still becomes a proper status code; later pages stream on the same connection. While
+    one page goes out to the client, a helper thread already has PostgreSQL render the
+    next one (one page ahead at most, each page its own autocommit statement: no snapshot
+    held for the whole transfer, memory bounded by two pages).
     """
 
     def __init__(self, db: Database, query: UsersQuery, request: PageRequest) -> None:
         self._db = db
         self._query = query
         self._conn: PoolProxiedConnection | None = None
+        self._helper: ThreadPoolExecutor | None = None
+        self._ahead: Future[Page] | None = None  # the next page, being fetched
         self.stats = telemetry.current()  # kept: later pages stream after the handler returns
         limit = request.limit or PAGE_ROWS
         try:
@@ -174,6 +181,8 @@ class Listing:
             raise
         if request.limit is not None or not self.first.more:
             self.close()
+        else:
+            self._prefetch(self.first)
 
     def _first_page(self, after: int, limit: int) -> Page:
         self.close()
@@ -192,19 +201,35 @@ class Listing:
         self.stats.rows += page.rows
         return page
 
+    def _prefetch(self, page: Page) -> None:
+        """Start fetching the page after `page` on the helper thread, if more rows follow."""
+        self._ahead = None
+        if page.more and self._conn is not None:
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, thread_name_prefix="users-prefetch")
+            self._ahead = self._helper.submit(self._fetch, self._conn, page.last_id or 0, PAGE_ROWS)
+
     def rest(self) -> Iterator[str]:
         """JSON text of the pages after the first, each starting with a comma."""
         try:
-            page = self.first
-            while page.more and self._conn is not None:
-                page = self._fetch(self._conn, page.last_id or 0, PAGE_ROWS)
+            while self._ahead is not None:
+                page = self._ahead.result()
+                self._prefetch(page)
                 if page.rows:
                     yield "," + page.json
         finally:
             self.close()
 
     def close(self) -> None:
-        """Return the connection to the pool (idempotent; also called when the client leaves)."""
+        """Return the connection to the pool (idempotent; also called when the client leaves).
+
+        A page still being fetched finishes first (within statement_timeout): a connection
+        must not go back to the pool in the middle of a statement.
+        """
+        self._ahead = None
+        if self._helper is not None:
+            helper, self._helper = self._helper, None
+            helper.shutdown(wait=True)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             self._db.release(conn)
