@@ -21,9 +21,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## bench: the benchmark of BENCHMARKS.md (about 10 minutes; `apt-get install wrk` for better load)
+## bench: the benchmark of BENCHMARKS.md (~10 min), with the seed's Next.js route when Node.js is installed
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	@command -v wrk >/dev/null || echo "bench: wrk is not installed; the figures of BENCHMARKS.md use it: apt-get install -y wrk"
+	@command -v npm >/dev/null || echo "bench: node/npm not found: the seed's route (Next.js) will be left out; install Node.js 20.9+"
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## plan: safe --max-instances/--concurrency/THREADS for a database (PLAN_ARGS="--url ..." or "--max-connections 25")

@@ -6,28 +6,17 @@ import re
 import subprocess
 import sys
 
+from bench import plan
+from bench import run as bench_run
 from tests.conftest import ROOT
+
+QUICK = ["--max-users", "10", "--rounds", "1", "--seconds", "1", "--python-client"]
+QUICK += ["--no-chart", "--no-node", "--import-runs", "1"]
 
 
 def test_bench_smoke(tmp_path):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--max-users",
-            "10",
-            "--rounds",
-            "1",
-            "--seconds",
-            "1",
-            "--python-client",
-            "--no-chart",
-            "--import-runs",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", "bench.run", *QUICK, "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,8 +24,21 @@ def test_bench_smoke(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    for variant in ("users", "users_nullpool", "users_rows", "floor"):
-        assert f"| 10 | 8 | {variant} |" in report
-    assert "10 users, 8 conns: users / users_nullpool" in report
+    for variant in ("users", "json_agg_fn", "users_nullpool", "users_rows", "floor"):
+        row = re.search(rf"^\| 10 \| 8 \| {variant} \|(.*)$", report, re.M)
+        assert row, variant
+        cpu = float(row.group(1).split("|")[7])  # PG CPU ms/req: measured, not a placeholder
+        assert (cpu > 0) == (variant != "floor"), (variant, cpu)
+    assert "**seed_next** not run: --no-node given" in report
+    assert re.search(r"10 users x 8 conns: users / seed req/s \| not measured", report)
     peak = re.search(r"peak DB connections of users, any cell \| ([\d.]+)", report)
     assert peak and 1 <= float(peak.group(1)) <= 5
+
+
+def test_a_variant_whose_server_never_comes_up_fails_the_run(tmp_path, monkeypatch, capsys):
+    broken = plan.Server("floor", "bench/no_such_file.py", "floor")
+    monkeypatch.setitem(plan.SERVERS, "floor", broken)
+    assert bench_run.main([*QUICK, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "bench: FAILED: variant server 'floor' exited" in err
+    assert not (tmp_path / "BENCHMARKS.md").exists()
