@@ -155,7 +155,7 @@ def test_a_warm_request_is_one_round_trip(admin, make_app, monkeypatch):
 
 @pytest.mark.parametrize(("total", "more"), [(6, False), (7, True)])
 def test_a_full_last_page_says_whether_one_more_row_follows(admin, make_app, total, more):
-    from lib import seed
+    from devtools import seed
 
     seed.seed_users(admin, total, progress=False)
     client = make_app().test_client()
@@ -170,7 +170,7 @@ def test_a_full_last_page_says_whether_one_more_row_follows(admin, make_app, tot
 
 def test_a_page_deep_in_the_table_reads_only_the_index_past_its_cursor(admin):
     """The cost of a page must not grow with its cursor: no sequential scan from row one."""
-    from lib import seed
+    from devtools import seed
 
     seed.seed_users(admin, 20_000, progress=False)
     cursor = admin.cursor()
