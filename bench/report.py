@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.load import Body, Result
 from bench.plan import LEFT_OUT, SEED, VARIANTS
+from bench.statements import LIMITS, STATEMENTS, Figure
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Run:
     rounds: int
     seconds: float
     skipped: dict[str, str]  # variant -> why it did not run at all
+    statements: dict[tuple[str, int], Figure] = field(default_factory=dict)
+    statements_after: int = 0
 
     def cell(self, users: int, connections: int) -> Cell | None:
         return next(
@@ -232,6 +235,7 @@ def render(run: Run) -> str:
         f"- {users:,} users: {statistics.median(ms):.2f} ms"
         for users, ms in sorted(run.render_ms.items())
     ]
+    lines += _statements(run)
     lines += ["", "## Targets", "", "| measure | value | target | met |", "|---|---:|---:|---|"]
     lines += [t.row() for t in targets(run)]
     lines += [
@@ -249,6 +253,29 @@ def render(run: Run) -> str:
             f"query) over a warm request: {run.extras['first_request_extra_ms']:.1f} ms."
         )
     return "\n".join(lines) + "\n"
+
+
+def _statements(run: Run) -> list[str]:
+    if not run.statements:
+        return []
+    users = max(c.users for c in run.cells if c.users <= 100_000)
+    head = " | ".join(f"{n:,} rows: ms / CPU ms" for n in LIMITS)
+    lines = [
+        "",
+        "## The page statement",
+        "",
+        f"One page of `id, email, name, created_at` after id {run.statements_after:,} in a "
+        f"table of {users:,} users: pgbench latency (one client) / CPU of the backend running "
+        "it (from /proc, robust to a busy machine), best of the interleaved rounds.",
+        "",
+        f"| statement | {head} |",
+        "|---|" + "---:|" * len(LIMITS),
+    ]
+    for name in STATEMENTS:
+        cells = [run.statements[(name, n)] for n in LIMITS]
+        values = " | ".join(f"{f.latency_ms:.3f} / {f.cpu_ms:.3f}" for f in cells)
+        lines.append(f"| {name} | {values} |")
+    return lines
 
 
 def chart(run: Run, path: Path) -> None:

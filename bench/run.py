@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench import load as loads
-from bench import measure, plan, report, servers
+from bench import measure, plan, report, servers, statements
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
 
@@ -64,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         admin = seed.connect(postgres.url())
         seed.create_schema(admin)
-        for users in sorted({c.users for c in cells}):
+        sizes = sorted({c.users for c in cells})
+        for users in sizes:
             seed.seed_users(admin, users)
             seed.create_reader(admin, "bench")
+            if users == max(s for s in sizes if s <= 100_000):
+                result.statements_after = users * 9 // 10
+                result.statements = statements.compare(
+                    postgres, result.statements_after, min(2, args.rounds)
+                )
             _measure_size(result, users, postgres, workdir, load, args)
         admin.close()
     finally:

@@ -30,6 +30,7 @@ def test_bench_smoke(tmp_path):
         cpu = float(row.group(1).split("|")[7])  # PG CPU ms/req: measured, not a placeholder
         assert (cpu > 0) == (variant != "floor"), (variant, cpu)
     assert "**seed_next** not run: --no-node given" in report
+    assert "| page statement (this function) |" in report
     assert re.search(r"10 users x 8 conns: users / seed req/s \| not measured", report)
     peak = re.search(r"peak DB connections of users, any cell \| ([\d.]+)", report)
     assert peak and 1 <= float(peak.group(1)) <= 5
