@@ -78,7 +78,7 @@ def load_python(url: str, connections: int, seconds: float, headers: dict[str, s
                 break
             started = time.perf_counter()
             try:
-                conn.request("GET", parts.path or "/", headers=headers)
+                conn.request("GET", _target(url), headers=headers)
                 response = conn.getresponse()
                 while response.read(1 << 20):
                     pass
@@ -111,20 +111,28 @@ def load_python(url: str, connections: int, seconds: float, headers: dict[str, s
     )
 
 
+def _target(url: str) -> str:
+    """The request target of `url`: path and query."""
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 @dataclass(frozen=True)
 class Body:
     bytes: int  # as sent on the wire (compressed when the server compressed)
     encoding: str  # Content-Encoding, "" when none
+    status: int
+    start: bytes  # the first bytes of the body, to say what a failing variant answered
 
 
 def response_body(url: str, headers: dict[str, str]) -> Body:
     """One GET: the body's size on the wire, and its Content-Encoding."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-    conn.request("GET", parts.path or "/", headers=headers)
+    conn.request("GET", _target(url), headers=headers)
     response = conn.getresponse()
-    total = 0
+    total, start = 0, b""
     while chunk := response.read(1 << 20):
-        total += len(chunk)
+        total, start = total + len(chunk), start or chunk[:300]
     conn.close()
-    return Body(total, response.getheader("Content-Encoding", ""))
+    return Body(total, response.getheader("Content-Encoding", ""), response.status, start)

@@ -110,7 +110,12 @@ def _measure_size(
         for v in dict.fromkeys(v for c in cells for v in c.variants):
             headers = loads.GZIP if plan.VARIANTS[v].gzip else {}
             server = running[plan.VARIANTS[v].server]
-            result.bodies[(users, v)] = loads.response_body(server.url, headers)
+            body = loads.response_body(server.url, headers)
+            if body.status != 200:  # up, but broken: its figures would measure error pages
+                raise servers.ServerFailed(
+                    f"variant '{v}' answered {body.status}: {body.start.decode(errors='replace')}"
+                )
+            result.bodies[(users, v)] = body
         seconds = args.seconds * (2 if users >= 100_000 else 1)
         for round_no in range(args.rounds):
             result.render_ms.setdefault(users, []).append(

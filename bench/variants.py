@@ -37,11 +37,12 @@ ROWS_SQL = f"SELECT {', '.join(SETTINGS.columns)} FROM {TABLE} ORDER BY id"
 
 
 @functions_framework.http
+@responses.unread_body
 @responses.json_errors
 def users_nullpool(request: flask.Request) -> flask.Response:
-    responses.require_method(request)
+    responses.route(request)  # as main.users: method and path checked
     page = PageRequest.from_args(request.args)
-    return responses.users_json(Listing(NULLPOOL_DB, QUERY, page), page)
+    return responses.users_json(request, Listing(NULLPOOL_DB, QUERY, page), page)
 
 
 @functions_framework.http

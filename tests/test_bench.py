@@ -27,9 +27,10 @@ def test_bench_smoke(tmp_path):
     for variant in ("users", "json_agg_fn", "users_nullpool", "users_rows", "floor"):
         row = re.search(rf"^\| 10 \| 8 \| {variant} \|(.*)$", report, re.M)
         assert row, variant
-        cpu = float(row.group(1).split("|")[7])  # PG CPU ms/req: measured, not a placeholder
-        if variant != "users_nullpool":  # its exited backends count at 10 ms ticks: maybe 0
-            assert (cpu > 0) == (variant != "floor"), (variant, cpu)
+        cells = row.group(1).split("|")
+        assert cells[4].strip() == "0", (variant, "errors")
+        cpu = float(cells[7])  # PG CPU ms/req: measured, not a placeholder
+        assert (cpu > 0) == (variant != "floor"), (variant, cpu)
     assert "**seed_next** not run: --no-node given" in report
     assert "| page statement (this function) |" in report
     assert re.search(r"10 users x 8 conns: users / seed req/s \| not measured", report)
@@ -44,3 +45,9 @@ def test_a_variant_whose_server_never_comes_up_fails_the_run(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "bench: FAILED: variant server 'floor' exited" in err
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_a_variant_that_answers_errors_fails_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(plan.SERVERS, "floor", plan.Server("floor", "main.py", "users", "/?x=1"))
+    assert bench_run.main([*QUICK, "--out", str(tmp_path)]) == 1
+    assert "bench: FAILED: variant 'floor' answered 400: " in capsys.readouterr().err
