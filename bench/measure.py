@@ -96,30 +96,31 @@ class Monitor:
 
 def render_ms(postgres: EmbeddedPostgres, runs: int) -> float:
     """PostgreSQL's own time to render every user as one JSON text (pgbench, its C client)."""
-    script = Path(tempfile.mkdtemp(prefix="bench-render")) / "render.sql"
-    script.write_text("SELECT json_agg(u ORDER BY id)::text FROM users u;\n")
-    out = subprocess.run(
-        [
-            str(bin_dir() / "pgbench"),
-            "-n",
-            "-t",
-            str(runs),
-            "-f",
-            str(script),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(postgres.port),
-            "-U",
-            "postgres",
-            "postgres",
-        ],
-        env={**os.environ, "PGPASSWORD": "postgres"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
+    with tempfile.TemporaryDirectory(prefix="bench-render") as tmp:
+        script = Path(tmp) / "render.sql"
+        script.write_text("SELECT json_agg(u ORDER BY id)::text FROM users u;\n")
+        out = subprocess.run(
+            [
+                str(bin_dir() / "pgbench"),
+                "-n",
+                "-t",
+                str(runs),
+                "-f",
+                str(script),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(postgres.port),
+                "-U",
+                "postgres",
+                "postgres",
+            ],
+            env={**os.environ, "PGPASSWORD": "postgres"},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout
     return float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
 
 

@@ -72,18 +72,19 @@ def sql(name: str, after: int, limit: int) -> str:
 
 
 def pgbench_ms(postgres: EmbeddedPostgres, statement: str, transactions: int) -> float:
-    script = Path(tempfile.mkdtemp(prefix="bench-sql")) / "statement.sql"
-    script.write_text(statement + ";\n")
-    command = [str(bin_dir() / "pgbench"), "-n", "-t", str(transactions), "-f", str(script)]
-    command += ["-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres", "postgres"]
-    out = subprocess.run(
-        command,
-        env={**os.environ, "PGPASSWORD": "postgres"},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
+    with tempfile.TemporaryDirectory(prefix="bench-sql") as tmp:
+        script = Path(tmp) / "statement.sql"
+        script.write_text(statement + ";\n")
+        command = [str(bin_dir() / "pgbench"), "-n", "-t", str(transactions), "-f", str(script)]
+        command += ["-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres", "postgres"]
+        out = subprocess.run(
+            command,
+            env={**os.environ, "PGPASSWORD": "postgres"},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout
     return float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
 
 
