@@ -16,7 +16,7 @@ from lib.users_query import Listing, PageRequest, UsersQuery
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
 DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=0) per process
-QUERY = UsersQuery(SETTINGS.columns)
+QUERY = UsersQuery(SETTINGS.columns, SETTINGS.schema)
 
 
 @functions_framework.http

@@ -61,6 +61,7 @@ class Settings:
     # Behind a transaction pooler (PgBouncer & co): True, False, or None to find out.
     transaction_pooler: bool | None
     url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
+    schema: str | None = None  # the users table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
 
 
@@ -122,7 +123,7 @@ def _with_url(url: DatabaseUrl, env: Mapping[str, str], common: dict[str, Any]) 
                 "DB_TRANSACTION_POOLER", f"is false, but DATABASE_URL names {url.pooler}"
             )
         common["transaction_pooler"] = True
-    return Settings(url=url, **common)
+    return Settings(url=url, schema=url.schema, **common)
 
 
 def _cloud_sql(env: Mapping[str, str]) -> CloudSql:

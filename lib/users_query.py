@@ -102,8 +102,10 @@ class Page:
 class UsersQuery:
     """The statement for the configured columns, built once; columns checked on first use."""
 
-    def __init__(self, columns: tuple[str, ...]) -> None:
+    def __init__(self, columns: tuple[str, ...], schema: str | None = None) -> None:
         self.columns = columns
+        # DATABASE_URL's `schema` (validated as a plain identifier); else the search_path's.
+        self.table = f'"{schema}"."{TABLE}"' if schema else TABLE
         self.checked = False
         fields = ", ".join(f'page."{c}"' for c in columns)
         selected = ", ".join(f'"{c}"' for c in dict.fromkeys(("id", *columns)))
@@ -117,9 +119,9 @@ class UsersQuery:
         self._sql = (
             f"SELECT count(*), max(page.id), "
             "coalesce(string_agg(row_to_json(r)::text, ',' ORDER BY page.id), ''), "
-            f"(SELECT p.id FROM {TABLE} p WHERE p.id > max(page.id) ORDER BY p.id LIMIT 1) "
+            f"(SELECT p.id FROM {self.table} p WHERE p.id > max(page.id) ORDER BY p.id LIMIT 1) "
             "IS NOT NULL "
-            f"FROM (SELECT {selected} FROM {TABLE} WHERE id > {{after}} "
+            f"FROM (SELECT {selected} FROM {self.table} WHERE id > {{after}} "
             "ORDER BY id LIMIT {limit}) AS page, "
             f"LATERAL (SELECT {fields}) AS r"
         )
@@ -128,16 +130,18 @@ class UsersQuery:
         """Fail with a configuration error naming any configured column the table lacks."""
         rows = db.fetch(
             conn,
-            f"SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('{TABLE}') "
+            f"SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('{self.table}') "
             "AND attnum > 0 AND NOT attisdropped",
         )
         existing = {row[0] for row in rows}
         if not existing:
-            raise ConfigError("USERS_COLUMNS", f"table '{TABLE}' does not exist or has no columns")
+            raise ConfigError(
+                "USERS_COLUMNS", f"table '{self.table}' does not exist or has no columns"
+            )
         for column in ("id", *self.columns):
             if column not in existing:
                 raise ConfigError(
-                    "USERS_COLUMNS", f"column '{column}' does not exist in table '{TABLE}'"
+                    "USERS_COLUMNS", f"column '{column}' does not exist in table '{self.table}'"
                 )
         self.checked = True
 

@@ -330,3 +330,26 @@ def test_hostaddr_dials_the_address_and_keeps_the_name(admin, postgres, make_app
         "?hostaddr=127.0.0.1&sslmode=disable"
     )
     assert make_app(DATABASE_URL=url).test_client().get("/").status_code == 200
+
+
+def test_the_urls_schema_names_the_table(admin, postgres, make_app):
+    """Prisma's `schema`: the function serves that schema's users, not the search_path's."""
+    insert_users(admin, ROWS)  # public.users
+    cursor = admin.cursor()
+    cursor.execute("DROP SCHEMA IF EXISTS tenant_a CASCADE")
+    cursor.execute("CREATE SCHEMA tenant_a")
+    cursor.execute("CREATE TABLE tenant_a.users (LIKE public.users INCLUDING ALL)")
+    cursor.execute(
+        "INSERT INTO tenant_a.users (id, email, name, created_at) OVERRIDING SYSTEM VALUE "
+        "VALUES (7, 'b@tenant-a.example', 'B', '2024-01-02T00:00:00Z')"
+    )
+    try:
+        url = postgres.url("postgres", "postgres") + "&schema=tenant_a"
+        response = make_app(DATABASE_URL=url).test_client().get("/")
+        assert response.status_code == 200
+        assert [u["email"] for u in response.get_json()["users"]] == ["b@tenant-a.example"]
+        missing = make_app(DATABASE_URL=url.replace("tenant_a", "tenant_b")).test_client().get("/")
+        assert missing.status_code == 500
+        assert '"tenant_b"."users"' in missing.get_json()["error"]["message"]
+    finally:
+        cursor.execute("DROP SCHEMA tenant_a CASCADE")
