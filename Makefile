@@ -1,16 +1,24 @@
-# Each target bootstraps its own virtualenv (.venv) on first use.
+# Each target bootstraps its own virtualenv (.venv) on first use, from $(PYTHON).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 USERS  ?= 1000
 
-.PHONY: run test lint fmt bench plan clean
+.PHONY: run test lint fmt bench plan clean FORCE
+
+# The interpreter .venv is built from, as "path version": another PYTHON rebuilds .venv.
+PYTHON_ID := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable), sys.version.split()[0])' 2>/dev/null)
+ifneq ($(PYTHON_ID),$(shell cat $(VENV)/.python 2>/dev/null))
+$(STAMP): FORCE
+endif
 
 $(STAMP): requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON_ID)" || { echo "make: PYTHON=$(PYTHON) does not run; give a Python 3.11-3.13 (PYTHON=python3.12)" >&2; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	echo "$(PYTHON_ID)" > $(VENV)/.python
 	touch $@
 
 ## run: the function on 127.0.0.1:$${PORT:-8080}, on an embedded PostgreSQL seeded with $(USERS) users
@@ -21,16 +29,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Recipes below that take arguments are silent (@): make would print them, secrets included.
+
 ## bench: the benchmark of BENCHMARKS.md (~10 min), with the seed's Next.js route when Node.js is installed
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	@command -v wrk >/dev/null || echo "bench: wrk is not installed; the figures of BENCHMARKS.md use it: apt-get install -y wrk"
 	@command -v npm >/dev/null || echo "bench: node/npm not found: the seed's route (Next.js) will be left out; install Node.js 20.9+"
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	@$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## plan: safe --max-instances/--concurrency/THREADS for a database (PLAN_ARGS="--url ..." or "--max-connections 25")
+## plan: safe --max-instances/--concurrency/THREADS (PLAN_DATABASE_URL=... reads a server; or PLAN_ARGS="--max-connections 25")
 plan: $(STAMP)
-	$(BIN)/python -m devtools.plan $(PLAN_ARGS)
+	@$(BIN)/python -m devtools.plan $(PLAN_ARGS)
 
 ## lint: ruff, as CI runs it
 lint: $(STAMP)

@@ -123,8 +123,14 @@ class EmbeddedPostgres:
         self._run("pg_ctl", "-D", str(self.datadir), "reload")
 
     def stop(self, mode: str = "fast") -> None:
-        if self.running():
-            self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "30", "stop")
+        """Stop the server if it runs. One pg_ctl call, not a status check first: a second
+        process would count against Ctrl-C's clock. A stale pid file (a killed server) is
+        no error."""
+        if not (self.datadir / "postmaster.pid").exists():
+            return
+        command = ("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "30", "stop")
+        if self._run(*command, check=False) != 0 and self.running():
+            raise RuntimeError(f"pg_ctl stop failed; see {self.datadir / 'server.log'}")
 
     def running(self) -> bool:
         return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False) == 0
@@ -186,34 +192,99 @@ def _allow_traverse(path: Path) -> None:
             directory.chmod(mode | stat.S_IXOTH)
 
 
+# How long the function may finish its requests in flight after Ctrl-C before it is killed
+# (Cloud Run gives 10 s; locally a stop should feel immediate).
+STOP_GRACE_SECONDS = 0.5
+
+
+class Stopped(BaseException):
+    """A stop signal arrived (args: its number). Not KeyboardInterrupt: Popen.wait() catches
+    that one to wait 0.25 s more for a child it assumes got the same Ctrl-C (ours did not)."""
+
+
+class _StopOnce:
+    """Signal handler: the first SIGINT/SIGTERM/SIGHUP raises Stopped; later ones are
+    ignored, so a second Ctrl-C cannot cut the clean-up short. While `deferred`, a signal is
+    only recorded (for `check()`): starting the function must not be cut between the fork and
+    the moment we hold its handle, or it would run on unseen; nor may the clean-up be cut."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.deferred = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if not self.deferred:
+                raise Stopped(signum)
+
+    def check(self) -> None:
+        self.deferred = False
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+
+def stop_function(function: subprocess.Popen) -> None:
+    """Stop the function as Cloud Run does: SIGTERM (gunicorn's graceful stop), then SIGKILL
+    to its process group once STOP_GRACE_SECONDS have passed.
+
+    Never SIGINT or SIGQUIT: gunicorn's gthread worker answers those with a quick shutdown
+    that shuts its thread pool down inside the signal handler, which deadlocks when the
+    signal lands while the main thread is inside the pool's submit() (it holds the lock
+    shutdown() takes). The master then waits its 30 s graceful timeout. gunicorn's SIGTERM
+    handler only sets a flag and wakes the main loop, which is safe anywhere.
+    """
+    if function.poll() is not None:
+        return
+    function.terminate()
+    try:
+        function.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(function.pid, signal.SIGKILL)  # the master and its worker
+        function.wait()
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve the function on 127.0.0.1:PORT; Ctrl-C stops the function and the database."""
+    stop = _StopOnce()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     env = dict(os.environ)
-    server = None
-    if not env.get("DATABASE_URL"):
-        server = EmbeddedPostgres(Path(args.datadir)).start()
-        admin_url = server.url()
-        seed.main(["--url", admin_url, "--users", str(args.users), "--reader-password", "reader"])
-        env["DATABASE_URL"] = server.url(user=seed.READER_ROLE, password="reader")
-        print(
-            f"embedded PostgreSQL {POSTGRES_MAJOR} on 127.0.0.1:{server.port} "
-            f"(data in {server.datadir}); admin: {admin_url}",
-            flush=True,
-        )
-    port = env.get("PORT", "8080")
-    print(f"serving http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
-    command = [functions_framework(), "--target", "users", "--host", "127.0.0.1", "--port", port]
-    # SIGTERM (e.g. from `timeout` or a container stop) must clean up like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    function = subprocess.Popen(command, env=env)
+    server = function = None
     try:
+        if not env.get("DATABASE_URL"):
+            server = EmbeddedPostgres(Path(args.datadir))
+            server.start()
+            admin_url = server.url()
+            seed.main(
+                ["--url", admin_url, "--users", str(args.users), "--reader-password", "reader"]
+            )
+            env["DATABASE_URL"] = server.url(user=seed.READER_ROLE, password="reader")
+            print(
+                f"embedded PostgreSQL {POSTGRES_MAJOR} on 127.0.0.1:{server.port} "
+                f"(data in {server.datadir}); admin: {admin_url}",
+                flush=True,
+            )
+        port = env.get("PORT", "8080")
+        print(f"serving http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
+        command = [
+            functions_framework(),
+            *("--target", "users", "--host", "127.0.0.1", "--port", port),
+        ]
+        # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process group)
+        # reaches only this process, which then stops the function with SIGTERM (see above).
+        stop.deferred = True
+        function = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        stop.check()
         return function.wait()
-    except KeyboardInterrupt:
-        return 130
+    except Stopped as stopped:
+        return 128 + stopped.args[0]
     finally:
-        if function.poll() is None:
-            function.send_signal(signal.SIGINT)  # gunicorn's quick shutdown
-            function.wait(timeout=15)
+        stop.deferred = True  # from here on a signal must not cut the clean-up short
+        if function is not None:
+            stop_function(function)
         if server is not None:
             server.stop()
 

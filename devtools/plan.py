@@ -1,11 +1,13 @@
 """The capacity planner's command line: safe --max-instances/--concurrency/THREADS for a database.
 
-python -m devtools.plan --max-connections 25 --reserved 3 --other 2   # or --url to read them
+python -m devtools.plan --max-connections 25 --reserved 3 --other 2
+PLAN_DATABASE_URL="$OWNER_URL" python -m devtools.plan      # reads them from the server
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from devtools import seed
@@ -26,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--url", help="read max_connections, reserved and other clients live")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("PLAN_DATABASE_URL"),
+        help="read max_connections, reserved and other clients live (default: "
+        "$PLAN_DATABASE_URL; the environment keeps a password out of shell history and ps)",
+    )
     parser.add_argument("--max-connections", type=int, default=25, help="default: db-f1-micro")
     parser.add_argument("--reserved", type=int, default=3, help="superuser_reserved_connections")
     parser.add_argument("--other", type=int, default=0, help="connections of other clients")

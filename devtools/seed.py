@@ -53,11 +53,16 @@ def create_reader(conn: pg8000.dbapi.Connection, password: str) -> None:
     cursor.execute(f"ALTER ROLE {READER_ROLE} PASSWORD {pg8000.native.literal(password)}")
 
 
-def seed_users(conn: pg8000.dbapi.Connection, total: int, progress: bool = True) -> int:
-    """Insert users until the table holds `total`; returns how many were added."""
+def count_users(conn: pg8000.dbapi.Connection) -> int:
     cursor = conn.cursor()
     cursor.execute("SELECT count(*) FROM users")
-    have = cursor.fetchone()[0]
+    return cursor.fetchone()[0]
+
+
+def seed_users(conn: pg8000.dbapi.Connection, total: int, progress: bool = True) -> int:
+    """Insert users until the table holds `total` (never removes any); how many were added."""
+    have = count_users(conn)
+    cursor = conn.cursor()
     started = time.monotonic()
     for start in range(have + 1, total + 1, BATCH):
         stop = min(start + BATCH - 1, total)
@@ -90,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         added = seed_users(conn, args.users)
         if args.reader_password:
             create_reader(conn, args.reader_password)
+        held = count_users(conn)
     finally:
         conn.close()
-    print(f"users table ready: {args.users:,} users ({added:,} added)", file=sys.stderr)
+    print(f"users table ready: {held:,} users ({added:,} added)", file=sys.stderr)
     return 0
 
 

@@ -8,39 +8,73 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pg8000.dbapi
-import psutil
 import pytest
 
 from devtools import seed
-from devtools.devdb import POSTGRES_MAJOR, EmbeddedPostgres, free_port, functions_framework
+from devtools.devdb import POSTGRES_MAJOR, EmbeddedPostgres
+from devtools.devdb import free_port as free_port  # re-exported: tests import it from here
 from lib.database_url import parse
-from tests import report
-
-ROOT = Path(__file__).resolve().parent.parent
-APP_NAME = "users-function"
+from tests import processes, report
+from tests.connections import APP_NAME as APP_NAME  # re-exported, as free_port
+from tests.connections import function_connections as function_connections  # re-exported
+from tests.connections import terminate_function_connections
+from tests.processes import ROOT, Launched
 
 
 @dataclass
 class Postgres:
-    """The server under test; `embedded` is set when tests may stop and restart it."""
+    """The server under test, reached as a superuser (any name, any password) through
+    `admin_url`; `embedded` is set when tests may stop and restart it."""
 
     admin_url: str
-    host: str
-    port: int
     embedded: EmbeddedPostgres | None = None
+    host: str = field(init=False)
+    port: int = field(init=False)
+    user: str = field(init=False)
+    password: str = field(init=False)
+    database: str = field(init=False)
+    query: str = field(init=False)
 
-    def url(self, user: str, password: str, db: str = "postgres") -> str:
-        return f"postgresql://{user}:{password}@{self.host}:{self.port}/{db}?sslmode=disable"
+    def __post_init__(self) -> None:
+        parsed = parse(self.admin_url)
+        self.host, self.port = parsed.hosts[0].name, parsed.hosts[0].port
+        self.user, self.password = parsed.user, parsed.password or ""
+        self.database = parsed.database
+        # As given (sslmode and all); libpq's default spelled out, so tests may append "&k=v".
+        self.query = urlsplit(self.admin_url).query or "sslmode=prefer"
+
+    @property
+    def login(self) -> str:
+        """user:password, quoted for a URL."""
+        return f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+
+    def url(
+        self,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        database: str | None = None,
+        query: str | None = None,
+    ) -> str:
+        """A URL of this server's test database: as the superuser unless `user` is given,
+        at another host or port (a relay in front), another database, another query."""
+        user, password = user or self.user, self.password if password is None else password
+        return (
+            f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@"
+            f"{host or self.host}:{port or self.port}/{database or self.database}"
+            f"?{query or self.query}"
+        )
 
 
 def _docker_answers() -> bool:
@@ -55,22 +89,22 @@ def _docker_answers() -> bool:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     if os.environ.get("TEST_DATABASE_URL"):
-        url = os.environ["TEST_DATABASE_URL"]
-        host = parse(url).hosts[0]
-        yield Postgres(admin_url=url, host=host.name, port=host.port)
+        yield Postgres(os.environ["TEST_DATABASE_URL"])
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer(f"postgres:{POSTGRES_MAJOR}-alpine", driver=None) as pg:
             host, port = pg.get_container_host_ip(), int(pg.get_exposed_port(5432))
-            url = f"postgresql://{pg.username}:{pg.password}@{host}:{port}/{pg.dbname}"
-            yield Postgres(admin_url=url + "?sslmode=disable", host=host, port=port)
+            yield Postgres(
+                f"postgresql://{pg.username}:{pg.password}@{host}:{port}/{pg.dbname}"
+                "?sslmode=disable"
+            )
         return
     datadir = Path(tempfile.mkdtemp(prefix="pgtest")) / "data"
     server = EmbeddedPostgres(datadir).start()
     try:
-        yield Postgres(admin_url=server.url(), host="127.0.0.1", port=server.port, embedded=server)
+        yield Postgres(server.url(), embedded=server)
     finally:
         server.stop("immediate")
 
@@ -93,21 +127,6 @@ def admin(postgres: Postgres) -> Iterator[pg8000.dbapi.Connection]:
     fresh = seed.connect(postgres.admin_url)  # leave no function connection to the next test
     terminate_function_connections(fresh)
     fresh.close()
-
-
-def terminate_function_connections(conn: pg8000.dbapi.Connection) -> int:
-    cursor = conn.cursor()
-    cursor.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
-        (APP_NAME,),
-    )
-    return cursor.fetchone()[0]
-
-
-def function_connections(conn: pg8000.dbapi.Connection) -> int:
-    cursor = conn.cursor()
-    cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APP_NAME,))
-    return cursor.fetchone()[0]
 
 
 def insert_users(conn: pg8000.dbapi.Connection, rows: list[tuple[str, str, str]]) -> None:
@@ -157,25 +176,6 @@ def run_python(code: str, env: dict[str, str]) -> str:
     ).stdout
 
 
-def function_command(port: int) -> list[str]:
-    """`functions-framework --target users` on 127.0.0.1:port, as users run it."""
-    return [functions_framework(), "--target", "users", "--host", "127.0.0.1", "--port", str(port)]
-
-
-def wait_for_port(port: int, seconds: float, process: subprocess.Popen | None = None) -> None:
-    """Until a server listens on 127.0.0.1:port; fail if `process` exits or time runs out."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {seconds} s")
-
-
 def slow_users(conn: pg8000.dbapi.Connection, lateral: str) -> None:
     """Make `users` a view over the table whose queries sleep: `lateral` runs once for each
     row `r` (so `pg_sleep(0.01)` costs 10 ms a row; a CASE on `r.id` sleeps once)."""
@@ -185,58 +185,20 @@ def slow_users(conn: pg8000.dbapi.Connection, lateral: str) -> None:
     cursor.execute("GRANT SELECT ON users TO PUBLIC")
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen
-    base: str
-    log: Path
-    worker: int = 0
-
-    def worker_pid(self) -> int:
-        """The gunicorn worker serving requests (the master forks it after binding)."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            children = psutil.Process(self.process.pid).children()
-            if children:
-                return children[0].pid
-            time.sleep(0.05)
-        raise RuntimeError("no gunicorn worker")
-
-
 @pytest.fixture
-def serve(postgres: Postgres, tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    """Start `functions-framework --target users` (gunicorn, forked worker) on 127.0.0.1."""
-    started: list[Served] = []
+def serve(postgres: Postgres, tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+    """Start `functions-framework --target users` (gunicorn, forked worker) on 127.0.0.1,
+    on the test database unless `env` says otherwise; its output in `.log`."""
+    started: list[Launched] = []
 
-    def start(**env: str) -> Served:
-        port = free_port()
-        full_env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("DATABASE_URL", "INSTANCE_CONNECTION_NAME")
-        }
-        full_env.update({"DATABASE_URL": postgres.admin_url, "PYTHONUNBUFFERED": "1", **env})
-        log = tmp_path / f"function-{port}.log"
-        process = subprocess.Popen(
-            function_command(port),
-            cwd=ROOT,
-            env=full_env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        served = Served(process, f"http://127.0.0.1:{port}", log)
-        started.append(served)
-        wait_for_port(port, 20, process)
-        return served
+    def start(**env: str) -> Launched:
+        log = tmp_path / f"function-{len(started)}.log"
+        function = processes.start_function({"DATABASE_URL": postgres.admin_url, **env}, log)
+        started.append(function)
+        return function.wait_ready()
 
     yield start
-    for served in started:
-        if served.process.poll() is None:
-            served.process.terminate()
-            try:
-                served.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                served.process.kill()
+    processes.stop(started)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from devtools.devdb import free_port
-from tests.conftest import wait_for_port
+from tests import processes
 
 BINARY = shutil.which("pgbouncer") or (
     "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
@@ -28,8 +26,8 @@ class PgBouncer:
             pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)")
         self.port = free_port()
         self.user, self.password = user, password
-        conf = Path(tempfile.mkdtemp(prefix="pgbouncer"))
-        conf.chmod(0o755)  # pgbouncer runs as `nobody` when the tests run as root
+        self._files = contextlib.ExitStack()  # its directory, removed once it stopped
+        conf = self._files.enter_context(processes.server_dir("pgbouncer"))
         (conf / "userlist.txt").write_text(f'"{user}" "{password}"\n')
         lines = {
             "listen_addr": "127.0.0.1",
@@ -55,14 +53,12 @@ class PgBouncer:
             nobody = pwd.getpwnam("nobody")
             os.chown(conf, nobody.pw_uid, nobody.pw_gid)
             user_args = {"user": nobody.pw_uid, "group": nobody.pw_gid}
-        self.process = subprocess.Popen(
-            [BINARY, "--quiet", str(conf / "pgbouncer.ini")], cwd="/", **user_args
-        )
-        wait_for_port(self.port, 10, self.process)
+        command = [BINARY, "--quiet", str(conf / "pgbouncer.ini")]
+        self.launched = processes.start(command, {}, self.port, **user_args).wait_ready(10)
 
     def url(self, query: str = "sslmode=disable") -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/postgres?{query}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        processes.stop([self.launched])
+        self._files.close()

@@ -14,13 +14,15 @@ import time
 import pytest
 
 from devtools import seed
-from tests.conftest import (
-    APP_NAME,
+from tests.conftest import slow_users
+from tests.connections import (
+    function_backends,
     function_connections,
-    slow_users,
     terminate_function_connections,
+    wait_for_no_function_connections,
 )
-from tests.faults import Load, TcpProxy
+from tests.load import Load
+from tests.relay import Relay
 from tests.report import CHAOS
 
 MARKER = "PW-MARKER-7c41e9"
@@ -40,9 +42,10 @@ def chaos(admin, postgres, serve):
     started = []
 
     def start(port: int | None = None, **env: str):
-        host = f"127.0.0.1:{port or postgres.port}"
+        """The function, on the server directly or through the relay on 127.0.0.1:`port`."""
+        where = {"host": "127.0.0.1", "port": port} if port else {}
         settings = {
-            "DATABASE_URL": f"postgresql://{seed.READER_ROLE}:{MARKER}@{host}/postgres?sslmode=disable",
+            "DATABASE_URL": postgres.url(seed.READER_ROLE, MARKER, **where),
             "DB_POOL_TIMEOUT": str(POOL_TIMEOUT),
             "DB_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
             "DB_STATEMENT_TIMEOUT_MS": str(int(STATEMENT_TIMEOUT * 1000)),
@@ -55,9 +58,7 @@ def chaos(admin, postgres, serve):
 
     yield start
     for served in started:
-        assert MARKER not in served.log.read_text(errors="replace"), (
-            "password in the function's log"
-        )
+        assert MARKER not in served.output(), "password in the function's log"
 
 
 def check(
@@ -161,29 +162,21 @@ def test_slow_queries_end_in_504_and_connections_stay_healthy(chaos, admin):
     cursor = admin.cursor()
     with Load(served.base, clients=4) as load:
         time.sleep(2)
-    cursor.execute(
-        "SELECT array_agg(pid ORDER BY pid) FROM pg_stat_activity WHERE application_name = %s",
-        (APP_NAME,),
-    )
-    backends = cursor.fetchone()[0]
+    backends = function_backends(admin)
     assert {a.status for a in load.answers} == {504}
     cursor.execute("DROP VIEW users")
     cursor.execute("ALTER TABLE real_users RENAME TO users")
     with Load(served.base, clients=4) as after:
         time.sleep(1)
     assert {a.status for a in after.answers} == {200}
-    cursor.execute(
-        "SELECT array_agg(pid ORDER BY pid) FROM pg_stat_activity WHERE application_name = %s",
-        (APP_NAME,),
-    )
-    assert cursor.fetchone()[0] == backends  # the same connections served on: none was dropped
+    assert function_backends(admin) == backends  # the same connections served on: none dropped
     load.answers += after.answers
     check("slow queries (statement_timeout)", served, load, admin, allowed=(200, 504))
 
 
 @pytest.fixture
 def proxy(postgres):
-    p = TcpProxy(postgres.port)
+    p = Relay((postgres.host, postgres.port))
     yield p
     p.close()
 
@@ -239,10 +232,8 @@ def test_idle_connections_are_closed(chaos, admin):
     with Load(served.base) as load:
         time.sleep(1)
     assert function_connections(admin) >= 1
-    deadline = time.monotonic() + 6  # idle_session_timeout = 1 s + 2 s margin
-    while function_connections(admin) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert function_connections(admin) == 0, "idle connections were not closed"
+    # idle_session_timeout = 1 s + 2 s margin
+    assert wait_for_no_function_connections(admin, 6) == 0, "idle connections were not closed"
     with Load(served.base) as again:
         time.sleep(1)
     assert {a.status for a in again.answers} == {200}  # stale pooled connections never surfaced
@@ -260,10 +251,7 @@ def test_shutdown_completes_in_flight_requests_and_closes_connections(chaos, adm
         exited = time.monotonic()
     in_flight = [a for a in load.answers if a.started < exited - 0.45 and a.status != 0]
     assert in_flight and all(a.status == 200 for a in in_flight)
-    deadline = exited + 1.0
-    while function_connections(admin) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = function_connections(admin)
+    left = wait_for_no_function_connections(admin, exited + 1.0 - time.monotonic())
     assert left == 0, f"{left} connections still open 1 s after shutdown"
     CHAOS.append(
         {

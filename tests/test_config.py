@@ -244,7 +244,7 @@ def test_sslmode_against_a_server_without_tls(admin, postgres, make_app, sslmode
     """The test server offers no TLS: 'prefer' falls back to plain, 'require' must refuse,
     and say so: a server without TLS will not grow it by itself (500, not 503)."""
     insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
-    url = postgres.url("postgres", "postgres").replace("sslmode=disable", f"sslmode={sslmode}")
+    url = postgres.url(query=f"sslmode={sslmode}")
     response = make_app(DATABASE_URL=url).test_client().get("/")
     assert response.status_code == (200 if works else 500)
     if not works:

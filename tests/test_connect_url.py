@@ -17,7 +17,8 @@ import pytest
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres, free_port
 from tests.conftest import insert_users
-from tests.faults import TcpProxy
+from tests.connections import function_connections
+from tests.relay import Relay
 from tests.test_tls import make_ca, server_certificate
 
 ROWS = [("a@example.com", "A", "2024-01-01T00:00:00Z")]
@@ -32,13 +33,10 @@ def world_dir(prefix: str) -> Path:
 
 def connections_of(url: str) -> int:
     conn = seed.connect(url)
-    cursor = conn.cursor()
-    cursor.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'users-function'"
-    )
-    count = cursor.fetchone()[0]
-    conn.close()
-    return count
+    try:
+        return function_connections(conn)
+    finally:
+        conn.close()
 
 
 # --- host lists ----------------------------------------------------------------------------
@@ -47,10 +45,7 @@ def connections_of(url: str) -> int:
 def test_a_dead_first_host_is_skipped(admin, postgres, make_app):
     insert_users(admin, ROWS)
     dead = free_port()  # nothing listens: refused at once
-    url = (
-        f"postgresql://postgres:postgres@127.0.0.1:{dead},{postgres.host}:{postgres.port}"
-        "/postgres?sslmode=disable"
-    )
+    url = postgres.url(host=f"127.0.0.1:{dead},{postgres.host}")
     response = make_app(DATABASE_URL=url).test_client().get("/")
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["users"][0]["email"] == "a@example.com"
@@ -58,12 +53,12 @@ def test_a_dead_first_host_is_skipped(admin, postgres, make_app):
 
 def test_each_host_gets_connect_timeout_then_the_next_one_serves(admin, postgres, make_app):
     insert_users(admin, ROWS)
-    hole = TcpProxy(postgres.port)  # accepts, then never answers: only a timeout ends it
+    hole = Relay((postgres.host, postgres.port))  # accepts, never answers: a timeout ends it
     hole.set("blackhole")
     try:
-        url = (
-            f"postgresql://postgres:postgres@127.0.0.1:{hole.port},127.0.0.1:{postgres.port}"
-            "/postgres?sslmode=disable&connect_timeout=2"
+        url = postgres.url(
+            host=f"127.0.0.1:{hole.port},{postgres.host}",
+            query=f"{postgres.query}&connect_timeout=2",
         )
         client = make_app(DATABASE_URL=url).test_client()
         started = time.monotonic()
@@ -242,14 +237,14 @@ def test_authentication_rules_are_libpqs(tls_postgres, make_app, method, query, 
 
 def test_channel_binding_require_refuses_scram_without_tls(admin, postgres, make_app):
     """The wheel's server has no TLS: SCRAM, but never -PLUS."""
-    url = postgres.url("postgres", "postgres").replace("sslmode=disable", "channel_binding=require")
+    url = postgres.url(query="channel_binding=require")
     response = make_app(DATABASE_URL=url).test_client().get("/")
     assert response.status_code == 500
     assert "'scram-sha-256'" in response.get_json()["error"]["message"]
 
 
 def test_sockets_carry_the_urls_keepalive_timings(admin, postgres, make_app):
-    url = postgres.url("postgres", "postgres") + (
+    url = postgres.url() + (
         "&keepalives_idle=7&keepalives_interval=2&keepalives_count=4&tcp_user_timeout=6000"
     )
     make_app(DATABASE_URL=url).test_client().get("/")
@@ -289,18 +284,20 @@ def reader(admin):
 @pytest.mark.parametrize(
     ("login", "db", "env", "fix"),
     [
-        ("postgres:wrong", "postgres", {}, "check the user and password"),
-        ("nobody_here:pw", "postgres", {}, "check the user and password"),
-        ("postgres:postgres", "no_such_db", {}, "the database does not exist"),
-        ("{reader}", "postgres", {}, "grant the function's role SELECT"),
-        ("{reader}", "postgres", {"USERS_COLUMNS": "id,email"}, None),  # granted: served
-        ("postgres:postgres", "postgres", {"USERS_COLUMNS": "id,nickname"}, "nickname"),
-        ("postgres:postgres", "postgres", {"_host": "db.invalid"}, "does not resolve"),
+        ("{user}:wrong", "{db}", {}, "check the user and password"),
+        ("nobody_here:pw", "{db}", {}, "check the user and password"),
+        ("{admin}", "no_such_db", {}, "the database does not exist"),
+        ("{reader}", "{db}", {}, "grant the function's role SELECT"),
+        ("{reader}", "{db}", {"USERS_COLUMNS": "id,email"}, None),  # granted: served
+        ("{admin}", "{db}", {"USERS_COLUMNS": "id,nickname"}, "nickname"),
+        ("{admin}", "{db}", {"_host": "db.invalid"}, "does not resolve"),
     ],
 )
 def test_misconfigurations_are_500_naming_the_fix(postgres, make_app, reader, login, db, env, fix):
+    """{admin}: the test server's superuser, whatever TEST_DATABASE_URL names."""
     host = env.pop("_host", f"{postgres.host}:{postgres.port}")
-    url = f"postgresql://{login.format(reader=reader)}@{host}/{db}?sslmode=disable"
+    login = login.format(reader=reader, admin=postgres.login, user=postgres.login.split(":")[0])
+    url = f"postgresql://{login}@{host}/{db.format(db=postgres.database)}?{postgres.query}"
     client = make_app(DATABASE_URL=url, **env).test_client()
     for _ in range(2):  # and again: still a configuration error, not an outage
         response = client.get("/")
@@ -325,10 +322,7 @@ def test_a_missing_table_is_a_configuration_error(admin, postgres, make_app):
 def test_hostaddr_dials_the_address_and_keeps_the_name(admin, postgres, make_app):
     """libpq's hostaddr: no name lookup (db.invalid never resolves), the name still names it."""
     insert_users(admin, ROWS)
-    url = (
-        f"postgresql://postgres:postgres@db.invalid:{postgres.port}/postgres"
-        "?hostaddr=127.0.0.1&sslmode=disable"
-    )
+    url = postgres.url(host="db.invalid", query=f"hostaddr=127.0.0.1&{postgres.query}")
     assert make_app(DATABASE_URL=url).test_client().get("/").status_code == 200
 
 

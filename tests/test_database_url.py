@@ -317,7 +317,7 @@ def test_url_settings_flow_into_settings():
 
 
 def test_other_clients_keys_are_logged_once_as_ignored(admin, postgres, make_app, capsys):
-    url = postgres.url("postgres", "postgres") + "&connection_limit=1&statement_cache_size=0"
+    url = postgres.url() + "&connection_limit=1&statement_cache_size=0"
     assert make_app(DATABASE_URL=url).test_client().get("/").status_code == 200
     lines = [line for line in capsys.readouterr().out.splitlines() if "ignored" in line]
     assert len(lines) == 1

@@ -5,48 +5,127 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
+import socket
 import sys
-import urllib.request
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+import pytest
+
 from devtools import seed
-from tests.conftest import ROOT, free_port, wait_for_port
+from devtools.devdb import EmbeddedPostgres, free_port
+from tests import processes
+from tests.load import get
+
+ROUNDS = 10  # 2-3 s each; gunicorn's own quick shutdown hung in the first round
 
 
-def run_local(datadir: Path, env: dict[str, str]) -> tuple[dict, str]:
-    """`python -m devtools.devdb run` until its function answers one GET, then Ctrl-C.
-    Returns the answer and everything the command printed."""
+@pytest.fixture
+def datadir() -> Iterator[Path]:
+    """Where `make run` keeps its database; a server a failed test left running is stopped."""
+    with processes.server_dir("devdb") as directory:
+        yield directory / "data"
+        EmbeddedPostgres(directory / "data").stop()
+
+
+def start_local(datadir: Path, env: dict[str, str], log: Path) -> processes.Launched:
+    """`python -m devtools.devdb run` in a session of its own, as a terminal runs `make run`
+    (a terminal's Ctrl-C is SIGINT to every process of the foreground process group)."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devtools.devdb", "run", "--datadir", str(datadir), "--users", "25"],
-        cwd=ROOT,
-        env={**env, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    command = [sys.executable, "-m", "devtools.devdb", "run", "--datadir", str(datadir)]
+    return processes.start(
+        [*command, "--users", "25"],
+        {**env, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
+        port,
+        log,
+        start_new_session=True,
     )
+
+
+def ctrl_c(local: processes.Launched) -> tuple[float, list[psutil.Process]]:
+    """SIGINT to the whole process group; the seconds until the command exited, and every
+    process it had started that still runs (a zombie has ended: here PID 1 may not reap)."""
+    family = [psutil.Process(local.process.pid), *psutil.Process(local.process.pid).children(True)]
+    started = time.monotonic()
+    os.killpg(local.process.pid, signal.SIGINT)
     try:
-        wait_for_port(port, 60, process)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-            body = json.loads(response.read())
+        local.process.wait(timeout=30)
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        output = process.communicate(timeout=30)[0]
-    return body, output
+        seconds = time.monotonic() - started
+        _, alive = psutil.wait_procs(family, timeout=0.5)
+        alive = [p for p in alive if _running(p)]
+        for process in alive:
+            process.kill()
+    return seconds, alive
 
 
-def test_local_run_serves_seeded_users_and_stops_cleanly(tmp_path):
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_local_run_serves_seeded_users_and_stops_cleanly(datadir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    body, output = run_local(tmp_path / "data", env)
-    assert len(body["users"]) == 25
-    assert body["users"][0]["email"] == "user1@example.com"
-    assert "serving http://127.0.0.1:" in output
-    assert not (tmp_path / "data" / "postmaster.pid").exists()  # the database stopped too
+    local = start_local(datadir, env, tmp_path / "run.log").wait_ready(60)
+    status, body = get(local.base + "/")
+    seconds, alive = ctrl_c(local)
+    users = json.loads(body)["users"]
+    assert status == 200 and len(users) == 25
+    assert users[0]["email"] == "user1@example.com"
+    assert "serving http://127.0.0.1:" in local.output()
+    assert "users table ready: 25 users" in local.output()
+    assert not alive and seconds <= 2
+    assert not (datadir / "postmaster.pid").exists()  # the database stopped too
+
+
+def test_local_run_reports_the_users_the_table_holds(datadir, tmp_path):
+    """A table seeded bigger by an earlier run stays as it is: say what it holds."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    server = EmbeddedPostgres(datadir).start()
+    conn = seed.connect(server.url())
+    seed.create_schema(conn)
+    seed.seed_users(conn, 40, progress=False)
+    conn.close()
+    server.stop()
+    local = start_local(datadir, env, tmp_path / "run.log").wait_ready(60)
+    status, body = get(local.base + "/")
+    ctrl_c(local)
+    assert status == 200 and len(json.loads(body)["users"]) == 40
+    assert "users table ready: 40 users (0 added)" in local.output()
 
 
 def test_local_run_with_database_url_serves_that_database(admin, postgres, tmp_path):
     seed.seed_users(admin, 4, progress=False)
-    body, _ = run_local(tmp_path / "unused", {**os.environ, "DATABASE_URL": postgres.admin_url})
-    assert [u["id"] for u in body["users"]] == [1, 2, 3, 4]  # that table, not seeded to 25
+    env = {**os.environ, "DATABASE_URL": postgres.admin_url}
+    local = start_local(tmp_path / "unused", env, tmp_path / "run.log").wait_ready(60)
+    body = get(local.base + "/")[1]
+    ctrl_c(local)
+    assert [u["id"] for u in json.loads(body)["users"]] == [1, 2, 3, 4]  # not seeded to 25
     assert not (tmp_path / "unused").exists()  # no embedded server was started
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_always_stops_everything_within_2_s(datadir, tmp_path):
+    """The terminal's SIGINT reaches every process of the group, gunicorn's worker included,
+    at any moment: here, every other round, while 8 new connections are being accepted
+    (gunicorn's own quick shutdown deadlocked there). Each time the command must exit within
+    2 s, leave no process behind, stop the database, and print no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    for round_ in range(ROUNDS):
+        log = tmp_path / f"run-{round_}.log"
+        local = start_local(datadir, env, log).wait_ready(60)
+        assert get(local.base + "/healthz")[0] == 200  # the worker serves
+        burst = 8 if round_ % 2 == 0 else 0
+        opened = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(burst)]
+        seconds, alive = ctrl_c(local)
+        for sock in opened:
+            sock.close()
+        output = local.output()
+        assert not alive, f"round {round_}: left running: {alive}"
+        assert seconds <= 2, f"round {round_}: stopped in {seconds:.1f} s\n{output}"
+        assert not (datadir / "postmaster.pid").exists(), f"round {round_}: database running"
+        assert "Traceback" not in output and "SystemExit" not in output, output

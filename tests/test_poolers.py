@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-import urllib.request
 
 import pytest
 
@@ -16,7 +15,8 @@ from devtools import seed
 from lib.config import load
 from lib.connect_url import connect
 from lib.session import Session
-from tests.faults import Load
+from tests import processes
+from tests.load import Load, get
 from tests.pgbouncer import PgBouncer
 from tests.report import figure
 
@@ -87,10 +87,9 @@ def test_behind_pgbouncer_with_no_flag(postgres, pooled_role, serve, variant):
             time.sleep(2)
         statuses = {a.status for a in load.answers}
         seen = [settings_seen(bouncer.url()) for _ in range(4)]
-        with urllib.request.urlopen(f"{served.base}/healthz", timeout=10) as answer:  # noqa: S310
-            health = json.loads(answer.read())
-        served.process.terminate()  # its server connections go back to the pooler, for others
-        served.process.wait(timeout=15)
+        health = json.loads(get(f"{served.base}/healthz")[1])
+        # Stopped: its server connections go back to the pooler, for others.
+        processes.stop([served], timeout=15)
         seen += [settings_seen(bouncer.url()) for _ in range(4)]
     finally:
         bouncer.stop()

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from devtools import seed
-from tests.conftest import function_connections, run_python, terminate_function_connections
+from tests.conftest import run_python
+from tests.connections import PeakConnections, terminate_function_connections
+from tests.load import Load, get
 from tests.report import figure
 
 IMPORT_PROBE = """
@@ -45,14 +42,6 @@ def test_cloud_sql_config_also_imports_nothing_heavy_until_the_first_request():
     assert probe_import(env) == {"connects": 0, "threads": 1, "heavy": []}
 
 
-def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 def test_served_by_a_forked_gunicorn_worker(admin, serve):
     seed.seed_users(admin, 20, progress=False)
     served = serve()
@@ -68,28 +57,15 @@ def test_served_by_a_forked_gunicorn_worker(admin, serve):
 def test_50_concurrent_requests_never_use_more_than_5_connections(admin, postgres, serve):
     seed.seed_users(admin, 20_000, progress=False)  # ~2 MB per answer: requests overlap
     served = serve(THREADS="16", DB_POOL_TIMEOUT="10")
-    peak, stop = [0], threading.Event()
-
-    def watch() -> None:
-        conn = seed.connect(postgres.admin_url)
-        while not stop.is_set():
-            peak[0] = max(peak[0], function_connections(conn))
-            time.sleep(0.005)
-        conn.close()
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with ThreadPoolExecutor(max_workers=50) as pool:
-            results = list(pool.map(lambda _: get(served.base + "/", timeout=60), range(50)))
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
-    statuses = [status for status, _ in results]
-    assert statuses == [200] * 50
-    assert all(len(json.loads(body)["users"]) == 20_000 for _, body in results[:3])
-    figure(f"peak connections from the function under 50 concurrent requests: {peak[0]}")
-    assert 2 <= peak[0] <= 5  # it did run requests in parallel, and never past the pool
+    with (
+        PeakConnections(postgres.admin_url) as connections,
+        Load(served.base, clients=50, requests=1, timeout=60) as load,
+    ):
+        load.join()
+    assert [a.status for a in load.answers] == [200] * 50
+    assert all(len(json.loads(a.body)["users"]) == 20_000 for a in load.answers[:3])
+    figure(f"peak connections from the function under 50 concurrent requests: {connections.peak}")
+    assert 2 <= connections.peak <= 5  # it did run requests in parallel, and never past the pool
 
 
 def test_a_stream_cut_mid_way_is_an_incomplete_response_never_valid_json(admin, serve):

@@ -1,17 +1,14 @@
-"""sslmode against a real TLS handshake: a TLS front for the test PostgreSQL with a
-certificate for 127.0.0.1 only, signed by a throwaway CA. Each mode must mean what it means
-to libpq: encrypt or not, check the CA or not, check the host name or not."""
+"""sslmode against a real TLS handshake: a TLS front for the test PostgreSQL (tests/relay.py)
+with a certificate for 127.0.0.1 only, signed by a throwaway CA. Each mode must mean what it
+means to libpq: encrypt or not, check the CA or not, check the host name or not."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
-import socket
+import shutil
 import ssl
-import struct
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,11 +18,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from devtools import seed
+from tests.relay import TlsFront
 
 
 def make_ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA as verifiers expect it (RFC 5280 4.2.1): critical basicConstraints and keyUsage,
+    and a Subject Key Identifier (Python 3.13 verifies with VERIFY_X509_STRICT and refuses a
+    chain without key identifiers)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -35,10 +37,28 @@ def make_ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_KEY_USAGE_CA, critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     return key, cert
+
+
+_KEY_USAGE_CA = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 def pem(cert: x509.Certificate) -> bytes:
@@ -63,64 +83,16 @@ def server_certificate(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return pem(cert), key_pem
-
-
-class TlsTerminator:
-    """What a TLS-enabled PostgreSQL does at the door (the wheel's server is built without
-    TLS): answer the client's SSLRequest, do the handshake with our certificate, then relay
-    the decrypted protocol to the plain server. Records which connections were encrypted."""
-
-    SSL_REQUEST = struct.pack("!ii", 8, 80877103)
-
-    def __init__(self, upstream_port: int, context: ssl.SSLContext) -> None:
-        self.upstream_port, self.context = upstream_port, context
-        self.encrypted: list[bool] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            first = client.recv(8, socket.MSG_WAITALL)
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            if first == self.SSL_REQUEST:
-                client.sendall(b"S")
-                client = self.context.wrap_socket(client, server_side=True)
-                self.encrypted.append(True)
-            else:
-                upstream.sendall(first)
-                self.encrypted.append(False)
-        except (OSError, ssl.SSLError):
-            client.close()  # a client that rejected our certificate
-            return
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_relay, args=(src, dst), daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-
-def _relay(src: socket.socket, dst: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := src.recv(65536):
-            dst.sendall(data)
-    for sock in (src, dst):
-        with contextlib.suppress(OSError):
-            sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +105,10 @@ def tls_pg(postgres):
     (directory / "server.pem").write_bytes(b"".join(server_certificate(ca_key, ca)))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(directory / "server.pem")
-    front = TlsTerminator(postgres.port, context)
+    front = TlsFront((postgres.host, postgres.port), context)
     yield front, directory
     front.close()
-
-
-def url(front: TlsTerminator, host: str, query: str) -> str:
-    return f"postgresql://postgres:postgres@{host}:{front.port}/postgres?{query}"
+    shutil.rmtree(directory)
 
 
 @pytest.mark.parametrize(
@@ -158,11 +127,14 @@ def url(front: TlsTerminator, host: str, query: str) -> str:
         ("127.0.0.1", "sslmode=verify-full", False, None),  # system roots do not know the CA
     ],
 )
-def test_sslmode_means_what_libpq_means(admin, tls_pg, make_app, host, query, served, encrypted):
+def test_sslmode_means_what_libpq_means(
+    admin, postgres, tls_pg, make_app, host, query, served, encrypted
+):
     front, directory = tls_pg
     seed.seed_users(admin, 3, progress=False)
     front.encrypted.clear()
-    client = make_app(DATABASE_URL=url(front, host, query.format(dir=directory))).test_client()
+    url = postgres.url(host=host, port=front.port, query=query.format(dir=directory))
+    client = make_app(DATABASE_URL=url).test_client()
     response = client.get("/")
     # A certificate that fails verification will not pass by itself: a configuration error.
     assert response.status_code == (200 if served else 500), response.get_data(as_text=True)
