@@ -30,11 +30,15 @@ def datadir() -> Iterator[Path]:
         EmbeddedPostgres(directory / "data").stop()
 
 
-def start_local(datadir: Path, env: dict[str, str], log: Path) -> processes.Launched:
+def start_local(datadir: Path, log: Path, database_url: str = "") -> processes.Launched:
     """`python -m devtools.devdb run` in a session of its own, as a terminal runs `make run`
-    (a terminal's Ctrl-C is SIGINT to every process of the foreground process group)."""
+    (a terminal's Ctrl-C is SIGINT to every process of the foreground process group); on
+    `database_url` when given, else on the embedded server in `datadir`."""
     port = free_port()
     command = [sys.executable, "-m", "devtools.devdb", "run", "--datadir", str(datadir)]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if database_url:
+        env["DATABASE_URL"] = database_url
     return processes.start(
         [*command, "--users", "25"],
         {**env, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
@@ -69,8 +73,7 @@ def _running(process: psutil.Process) -> bool:
 
 
 def test_local_run_serves_seeded_users_and_stops_cleanly(datadir, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    local = start_local(datadir, env, tmp_path / "run.log").wait_ready(60)
+    local = start_local(datadir, tmp_path / "run.log").wait_ready(60)
     status, body = get(local.base + "/")
     seconds, alive = ctrl_c(local)
     users = json.loads(body)["users"]
@@ -84,14 +87,13 @@ def test_local_run_serves_seeded_users_and_stops_cleanly(datadir, tmp_path):
 
 def test_local_run_reports_the_users_the_table_holds(datadir, tmp_path):
     """A table seeded bigger by an earlier run stays as it is: say what it holds."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     server = EmbeddedPostgres(datadir).start()
     conn = seed.connect(server.url())
     seed.create_schema(conn)
     seed.seed_users(conn, 40, progress=False)
     conn.close()
     server.stop()
-    local = start_local(datadir, env, tmp_path / "run.log").wait_ready(60)
+    local = start_local(datadir, tmp_path / "run.log").wait_ready(60)
     status, body = get(local.base + "/")
     ctrl_c(local)
     assert status == 200 and len(json.loads(body)["users"]) == 40
@@ -100,8 +102,8 @@ def test_local_run_reports_the_users_the_table_holds(datadir, tmp_path):
 
 def test_local_run_with_database_url_serves_that_database(admin, postgres, tmp_path):
     seed.seed_users(admin, 4, progress=False)
-    env = {**os.environ, "DATABASE_URL": postgres.admin_url}
-    local = start_local(tmp_path / "unused", env, tmp_path / "run.log").wait_ready(60)
+    local = start_local(tmp_path / "unused", tmp_path / "run.log", postgres.admin_url)
+    local.wait_ready(60)
     body = get(local.base + "/")[1]
     ctrl_c(local)
     assert [u["id"] for u in json.loads(body)["users"]] == [1, 2, 3, 4]  # not seeded to 25
@@ -114,10 +116,8 @@ def test_ctrl_c_to_the_process_group_always_stops_everything_within_2_s(datadir,
     at any moment: here, every other round, while 8 new connections are being accepted
     (gunicorn's own quick shutdown deadlocked there). Each time the command must exit within
     2 s, leave no process behind, stop the database, and print no traceback."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     for round_ in range(ROUNDS):
-        log = tmp_path / f"run-{round_}.log"
-        local = start_local(datadir, env, log).wait_ready(60)
+        local = start_local(datadir, tmp_path / f"run-{round_}.log").wait_ready(60)
         assert get(local.base + "/healthz")[0] == 200  # the worker serves
         burst = 8 if round_ % 2 == 0 else 0
         opened = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(burst)]
