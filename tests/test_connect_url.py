@@ -338,7 +338,7 @@ def test_the_urls_schema_names_the_table(admin, postgres, make_app):
         "VALUES (7, 'b@tenant-a.example', 'B', '2024-01-02T00:00:00Z')"
     )
     try:
-        url = postgres.url("postgres", "postgres") + "&schema=tenant_a"
+        url = postgres.url() + "&schema=tenant_a"
         response = make_app(DATABASE_URL=url).test_client().get("/")
         assert response.status_code == 200
         assert [u["email"] for u in response.get_json()["users"]] == ["b@tenant-a.example"]
