@@ -252,7 +252,15 @@ def render(run: Run) -> str:
             f"- First request's extra latency (build engine, connect, check columns, first "
             f"query) over a warm request: {run.extras['first_request_extra_ms']:.1f} ms."
         )
+    lines += ["", *compression()]
     return "\n".join(lines) + "\n"
+
+
+def compression() -> list[str]:
+    """bench/compression.md (`python -m bench.compression`: gzip levels, whole and streamed)
+    as a section: the level the function uses was chosen from it."""
+    text = (Path(__file__).parent / "compression.md").read_text().strip().splitlines()
+    return ["## Compression: " + text[0].removeprefix("# "), *text[1:]]
 
 
 def _statements(run: Run) -> list[str]:
