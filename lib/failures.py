@@ -68,6 +68,8 @@ _MISCONFIGURED = {
     "42P01": "a table does not exist: create it or check the schema",
     "42703": "a column does not exist: check USERS_COLUMNS",
     "08P01": "the server refused a connection parameter: check the options of DATABASE_URL",
+    "42704": "the server does not know a setting sent at connect: check the options of "
+    "DATABASE_URL (PostgreSQL older than 14 has no idle_session_timeout: set DB_IDLE_TIMEOUT=0)",
     "0A000": "the server does not support a requested feature: check DATABASE_URL",
 }
 _UNAVAILABLE = ("08", "53", "57P", "58", "40001", "40P01", "55P03")

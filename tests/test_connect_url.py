@@ -291,6 +291,7 @@ def reader(admin):
         ("{reader}", "{db}", {"USERS_COLUMNS": "id,email"}, None),  # granted: served
         ("{admin}", "{db}", {"USERS_COLUMNS": "id,nickname"}, "nickname"),
         ("{admin}", "{db}", {"_host": "db.invalid"}, "does not resolve"),
+        ("{admin}", "{db}", {"_query": "&options=-c%20no_such=1"}, "does not know a setting"),
     ],
 )
 def test_misconfigurations_are_500_naming_the_fix(postgres, make_app, reader, login, db, env, fix):
@@ -298,7 +299,7 @@ def test_misconfigurations_are_500_naming_the_fix(postgres, make_app, reader, lo
     host = env.pop("_host", f"{postgres.host}:{postgres.port}")
     login = login.format(reader=reader, admin=postgres.login, user=postgres.login.split(":")[0])
     url = f"postgresql://{login}@{host}/{db.format(db=postgres.database)}?{postgres.query}"
-    client = make_app(DATABASE_URL=url, **env).test_client()
+    client = make_app(DATABASE_URL=url + env.pop("_query", ""), **env).test_client()
     for _ in range(2):  # and again: still a configuration error, not an outage
         response = client.get("/")
         if fix is None:
