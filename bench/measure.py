@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,8 +16,9 @@ from urllib.parse import urlsplit
 import psutil
 
 from bench.servers import ROOT, Running
+from bench.statements import pgbench_ms
 from devtools import seed
-from devtools.devdb import EmbeddedPostgres, bin_dir
+from devtools.devdb import EmbeddedPostgres
 
 
 class PostgresCpu:
@@ -96,32 +95,7 @@ class Monitor:
 
 def render_ms(postgres: EmbeddedPostgres, runs: int) -> float:
     """PostgreSQL's own time to render every user as one JSON text (pgbench, its C client)."""
-    with tempfile.TemporaryDirectory(prefix="bench-render") as tmp:
-        script = Path(tmp) / "render.sql"
-        script.write_text("SELECT json_agg(u ORDER BY id)::text FROM users u;\n")
-        out = subprocess.run(
-            [
-                str(bin_dir() / "pgbench"),
-                "-n",
-                "-t",
-                str(runs),
-                "-f",
-                str(script),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(postgres.port),
-                "-U",
-                "postgres",
-                "postgres",
-            ],
-            env={**os.environ, "PGPASSWORD": "postgres"},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        ).stdout
-    return float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
+    return pgbench_ms(postgres, "SELECT json_agg(u ORDER BY id)::text FROM users u", runs)
 
 
 def first_request_ms(url: str) -> float:
