@@ -73,7 +73,7 @@ class Session:
         if match is None:
             return False
         name = match.group(1)
-        if name.lower() in {key.lower() for key in self.url_params} or name == "options":
+        if name.lower() in {key.lower() for key in self.url_params}:
             raise ConnectError(
                 f"the server (a pooler?) refused startup parameter {name} from DATABASE_URL's "
                 "options: remove it, or list it in the pooler's ignore_startup_parameters",
@@ -134,14 +134,12 @@ class Session:
         if not off:
             return
         role = have.get("role", "<role>")
-        values = {
-            "statement_timeout": f"'{wanted['statement_timeout']}ms'",
-            "idle_in_transaction_session_timeout": (
-                f"'{wanted['idle_in_transaction_session_timeout']}ms'"
-            ),
-            "default_transaction_read_only": "on",
-        }
-        fixes = " ".join(f'ALTER ROLE "{role}" SET {name} = {values[name]};' for name in off)
+        fixes = " ".join(
+            f'ALTER ROLE "{role}" SET {name} = '
+            + ("on" if wanted[name] == "on" else f"'{wanted[name]}ms'")
+            + ";"
+            for name in off
+        )
         log.warning(
             "unprotected sessions: %s off (%s); fix: %s",
             ", ".join(off),
