@@ -11,12 +11,12 @@ from werkzeug.exceptions import HTTPException
 
 from lib import config, responses, telemetry
 from lib.engine import Database
-from lib.users_query import Listing, PageRequest, UsersQuery
+from lib.listing import open_listing
+from lib.paging import PageRequest
 
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
 DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=0) per process
-QUERY = UsersQuery(SETTINGS.columns, SETTINGS.schema)
 
 
 @functions_framework.http
@@ -27,7 +27,8 @@ def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":
         return responses.health(DB.pool_state(), DB.session.health())
     page = PageRequest.from_args(request.args)
-    return responses.users_json(request, Listing(DB, QUERY, page), page)
+    listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page)
+    return responses.listing_json(request, listing, page)
 
 
 # What functions-framework answers itself (a 404 for /robots.txt and /favicon.ico) is JSON too.

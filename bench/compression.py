@@ -25,7 +25,7 @@ from pathlib import Path
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
 from lib import compression
-from lib.users_query import PAGE_ROWS
+from lib.listing import PAGE_ROWS
 
 SIZES = (1_000, 100_000)
 _PAGE = (

@@ -17,7 +17,8 @@ from pathlib import Path
 import pg8000.native
 
 from devtools.devdb import EmbeddedPostgres, bin_dir
-from lib.users_query import UsersQuery
+from lib.resource import Resource
+from lib.statements import page_sql
 
 COLUMNS = ("id", "email", "name", "created_at")
 LIMITS = (10, 1_000, 5_000)
@@ -25,7 +26,7 @@ _C = ", ".join(COLUMNS)
 _P = ", ".join(f"page.{c}" for c in COLUMNS)
 # The statements compared; {after} and {limit} filled in per run.
 STATEMENTS = {
-    "page statement (this function)": None,  # UsersQuery's own SQL
+    "page statement (this function)": None,  # lib/statements.page_sql
     "before #11: CTE read twice + EXISTS": (
         f"WITH page AS (SELECT {_C} FROM users WHERE id > {{after}} ORDER BY id LIMIT {{limit}}) "
         "SELECT count(*), max(page.id), "
@@ -67,7 +68,7 @@ class Figure:
 def sql(name: str, after: int, limit: int) -> str:
     template = STATEMENTS[name]
     if template is None:
-        return UsersQuery(COLUMNS).sql(after, limit)
+        return page_sql(Resource("users", "users", COLUMNS), None, after, limit)
     return template.format(after=int(after), limit=int(limit))
 
 

@@ -18,7 +18,8 @@ from sqlalchemy.pool import NullPool
 from bench.reference import rows_as_json
 from lib import config, responses
 from lib.engine import Database
-from lib.users_query import TABLE, Listing, PageRequest, UsersQuery
+from lib.listing import open_listing
+from lib.paging import PageRequest
 
 SETTINGS = config.load_or_exit()
 
@@ -32,8 +33,7 @@ class NullPoolDatabase(Database):
 
 NULLPOOL_DB = NullPoolDatabase(SETTINGS)
 POOLED_DB = Database(SETTINGS)
-QUERY = UsersQuery(SETTINGS.columns)
-ROWS_SQL = f"SELECT {', '.join(SETTINGS.columns)} FROM {TABLE} ORDER BY id"
+ROWS_SQL = f"SELECT {', '.join(SETTINGS.columns)} FROM {SETTINGS.resource.table} ORDER BY id"
 
 
 @functions_framework.http
@@ -42,7 +42,8 @@ ROWS_SQL = f"SELECT {', '.join(SETTINGS.columns)} FROM {TABLE} ORDER BY id"
 def users_nullpool(request: flask.Request) -> flask.Response:
     responses.route(request)  # as main.users: method and path checked
     page = PageRequest.from_args(request.args)
-    return responses.users_json(request, Listing(NULLPOOL_DB, QUERY, page), page)
+    listing = open_listing(NULLPOOL_DB, SETTINGS.resource, SETTINGS.schema, page)
+    return responses.listing_json(request, listing, page)
 
 
 @functions_framework.http

@@ -19,10 +19,12 @@ from urllib.parse import urlsplit
 from lib import database_url
 from lib.database_url import DatabaseUrl
 from lib.failures import ConfigError
+from lib.resource import Resource, columns_setting
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COLUMNS = ("id", "email", "name", "created_at")
+USERS = "users"  # the resource the function serves at `/`: its envelope key and its table
+DEFAULT_COLUMNS = ("id", "email", "name", "created_at")  # when USERS_COLUMNS is not set
 APPLICATION_NAME = "users-function"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _IP_TYPES = {"public": "PUBLIC", "private": "PRIVATE", "psc": "PSC"}
@@ -48,7 +50,7 @@ class CloudSql:
 class Settings:
     """All configuration, validated. `repr` never shows a password."""
 
-    columns: tuple[str, ...]
+    resource: Resource  # what `/` serves: `users`, its columns from USERS_COLUMNS
     pool_size: int
     max_overflow: int
     pool_timeout: float
@@ -61,8 +63,13 @@ class Settings:
     # Behind a transaction pooler (PgBouncer & co): True, False, or None to find out.
     transaction_pooler: bool | None
     url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
-    schema: str | None = None  # the users table's schema (DATABASE_URL's `schema`)
+    schema: str | None = None  # the served table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The served columns (USERS_COLUMNS)."""
+        return self.resource.columns
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,7 +89,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "INSTANCE_CONNECTION_NAME with DB_NAME and DB_USER for Cloud SQL",
         )
     common: dict[str, Any] = {
-        "columns": _columns(env.get("USERS_COLUMNS", "")),
+        "resource": _resource(USERS, env, DEFAULT_COLUMNS),
         "pool_size": _int(env, "DB_POOL_SIZE", 5, minimum=1),
         "max_overflow": _int(env, "DB_MAX_OVERFLOW", 0, minimum=0),
         "pool_timeout": _float(env, "DB_POOL_TIMEOUT", 3.0),
@@ -111,12 +118,14 @@ def _with_url(url: DatabaseUrl, env: Mapping[str, str], common: dict[str, Any]) 
                 "DATABASE_URL", "connect_timeout disagrees with DB_CONNECT_TIMEOUT; set one"
             )
         common["connect_timeout"] = url.connect_timeout
-    if url.application_name is not None:
+    if url.application_name is not None:  # any name libpq and the server take
         if env.get("DB_APPLICATION_NAME", "").strip():
             raise ConfigError(
                 "DATABASE_URL", "application_name is set twice (and DB_APPLICATION_NAME); set one"
             )
-        common["application_name"] = _application_name(url.application_name)
+        common["application_name"] = url.application_name
+    elif url.fallback_application_name and not env.get("DB_APPLICATION_NAME", "").strip():
+        common["application_name"] = url.fallback_application_name
     if url.pooler is not None:
         if common["transaction_pooler"] is False:
             raise ConfigError(
@@ -183,15 +192,21 @@ def _api_endpoint(raw: str) -> str | None:
     return raw
 
 
-def _columns(raw: str) -> tuple[str, ...]:
+def _resource(name: str, env: Mapping[str, str], default: tuple[str, ...]) -> Resource:
+    """The table `name`, keyed by `id`, serving the columns its setting (USERS_COLUMNS) lists."""
+    setting = columns_setting(name)
+    return Resource(name, name, _columns(setting, env.get(setting, ""), default), key="id")
+
+
+def _columns(setting: str, raw: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if not raw.strip():
-        return DEFAULT_COLUMNS
+        return default
     names = tuple(part.strip() for part in raw.split(","))
     for name in names:
         if not _IDENTIFIER.match(name):
-            raise ConfigError("USERS_COLUMNS", f"'{name}' is not a plain lower-case column name")
+            raise ConfigError(setting, f"'{name}' is not a plain lower-case column name")
     if len(set(names)) != len(names):
-        raise ConfigError("USERS_COLUMNS", "lists a column twice")
+        raise ConfigError(setting, "lists a column twice")
     return names
 
 

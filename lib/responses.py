@@ -25,7 +25,8 @@ from werkzeug.exceptions import HTTPException
 
 from lib import compression
 from lib.failures import RETRY_AFTER_S, classify, describe
-from lib.users_query import BadRequest, Listing, PageRequest, encode_cursor
+from lib.listing import Listing
+from lib.paging import BadRequest, PageRequest, encode_cursor
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ def framework_error(exc: HTTPException) -> flask.Response:
     return json_error(status, "not_found" if status == 404 else "bad_request", exc.name)
 
 
-def users_json(request: flask.Request, listing: Listing, page: PageRequest) -> flask.Response:
-    """`{"users": [...]}` (plus `next` when paging); streamed when it spans several pages."""
-    head = '{"users":[' + listing.first.json
+def listing_json(request: flask.Request, listing: Listing, page: PageRequest) -> flask.Response:
+    """`{"users": [...]}`, keyed by the listing's resource name (plus `next` when paging);
+    streamed when it spans several pages."""
+    head = "{" + json.dumps(listing.resource.name) + ":[" + listing.first.json
     if page.limit is not None:
         next_link = (
             f"?limit={page.limit}&cursor={encode_cursor(listing.first.last_id)}"

@@ -62,3 +62,9 @@ class PgBouncer:
     def stop(self) -> None:
         processes.stop([self.launched])
         self._files.close()
+
+    def __enter__(self) -> PgBouncer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

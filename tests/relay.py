@@ -16,11 +16,16 @@ class Relay:
     """Relays every connection to `upstream`. Modes: pass, delay (seconds a chunk),
     blackhole (swallow everything), reset (RST every connection, new ones too)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], unix_path: str | None = None) -> None:
         self.upstream = upstream
         self.mode, self.delay = "pass", 0.0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
+        if unix_path is None:
+            self._listener = socket.create_server(("127.0.0.1", 0))
+            self.port = self._listener.getsockname()[1]
+        else:  # a Unix socket ("\0name" for Linux's abstract namespace)
+            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listener.bind(unix_path)
+            self._listener.listen()
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False

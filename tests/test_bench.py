@@ -6,9 +6,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from bench import plan
 from bench import run as bench_run
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 QUICK = ["--max-users", "10", "--rounds", "1", "--seconds", "1", "--python-client"]
 QUICK += ["--no-chart", "--no-node", "--import-runs", "1"]

@@ -25,6 +25,8 @@ from tests.load import Load
 from tests.relay import Relay
 from tests.report import CHAOS
 
+pytestmark = pytest.mark.slow
+
 MARKER = "PW-MARKER-7c41e9"
 POOL_TIMEOUT, CONNECT_TIMEOUT, STATEMENT_TIMEOUT = 1.0, 1.0, 0.5
 READ_TIMEOUT = STATEMENT_TIMEOUT + CONNECT_TIMEOUT  # lib/engine.py: the socket read timeout

@@ -49,6 +49,7 @@ def error_of(response) -> tuple[int, str]:
     return response.status_code, response.get_json()["error"]["code"]
 
 
+@pytest.mark.slow
 def test_password_login_through_the_connector(admin, make_app, google, postgres):
     insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
     client = make_app(**password_env(postgres, google)).test_client()
@@ -63,6 +64,7 @@ def test_password_login_through_the_connector(admin, make_app, google, postgres)
     assert google.proxy.iam_logins == []
 
 
+@pytest.mark.slow
 def test_one_connector_per_process_closed_at_exit(admin, make_app, google, postgres, monkeypatch):
     from google.cloud.sql.connector import Connector
 
@@ -100,6 +102,7 @@ def create_iam_role(admin, google: GoogleFake) -> None:
     google.iam_passwords[IAM_USER] = secret
 
 
+@pytest.mark.slow
 def test_iam_login_needs_no_password(admin, make_app, google, postgres):
     create_iam_role(admin, google)
     db = make_url(postgres.admin_url).database
@@ -114,6 +117,7 @@ def test_iam_login_needs_no_password(admin, make_app, google, postgres):
     assert [row[0] for row in cursor.fetchall()] == [IAM_USER]
 
 
+@pytest.mark.slow
 def test_the_iam_role_cannot_log_in_with_a_password(admin, make_app, google, postgres):
     create_iam_role(admin, google)
     db = make_url(postgres.admin_url).database
@@ -123,6 +127,7 @@ def test_the_iam_role_cannot_log_in_with_a_password(admin, make_app, google, pos
     assert google.proxy.iam_logins == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "ip_type, address", [("public", "PRIMARY"), ("private", "PRIVATE"), ("psc", "PSC")]
 )
@@ -132,6 +137,7 @@ def test_each_ip_type_reaches_its_own_address(admin, make_app, google, postgres,
     assert google.proxy.tunnels == {google.addresses[address]: 1}
 
 
+@pytest.mark.slow
 def test_killed_backends_are_replaced_without_a_refresh(admin, make_app, google, postgres):
     insert_users(admin, [("a@example.com", "A", "2024-01-01T00:00:00Z")])
     client = make_app(**password_env(postgres, google)).test_client()
@@ -144,6 +150,7 @@ def test_killed_backends_are_replaced_without_a_refresh(admin, make_app, google,
     assert google.refreshes() == 1
 
 
+@pytest.mark.slow
 def test_lazy_refresh_before_the_certificate_expires(admin, make_app, google, postgres):
     """The lazy strategy refreshes when a connection starts within 4 minutes (the connector's
     buffer) of the certificate's expiry: a certificate of 4 min + 2 s is reused for 2 s,
@@ -166,6 +173,7 @@ def test_lazy_refresh_before_the_certificate_expires(admin, make_app, google, po
     assert len(google.proxy.client_serials) == 2
 
 
+@pytest.mark.slow
 def test_the_fake_proxy_refuses_foreign_and_expired_certificates(google):
     """What the lazy refresh guards against is real here: OpenSSL in the fake server proxy
     refuses a client certificate past its expiry, or from another CA."""
@@ -209,6 +217,7 @@ def requests_for(client, seconds: float, path: str = "/") -> list:
     return responses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change, hint",
     [
@@ -231,6 +240,7 @@ def test_login_failures_are_configuration_errors_without_a_refresh_storm(
     assert "wrong" not in responses[-1].get_data(as_text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [403, 404])
 def test_admin_api_refusal_is_a_configuration_error_until_it_is_fixed(
     admin, make_app, google, postgres, status
@@ -251,6 +261,7 @@ def test_admin_api_refusal_is_a_configuration_error_until_it_is_fixed(
     assert google.api.calls["connectSettings"] == 3
 
 
+@pytest.mark.slow
 def test_connects_failing_together_are_all_classified(admin, make_app, google, postgres):
     """Five connects in flight when the Admin API starts refusing: the connector's cache is
     removed by the first and the others fail with KeyError; each still answers what the API
@@ -328,6 +339,7 @@ def test_a_slow_admin_api_is_bounded_by_the_connect_timeout(admin, serve, google
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_login_abandoned_at_the_connect_timeout_is_closed(admin, make_app, google, postgres):
     """The connector runs pg8000's login in its loop's executor; cancelled meanwhile, asyncio
     would drop the connection it returns, open until the garbage collector finds it."""

@@ -11,6 +11,7 @@ import pytest
 from lib.config import DEFAULT_COLUMNS, ConfigError, load
 from lib.database_url import Host, parse
 from tests.conftest import ROOT, insert_users
+from tests.test_tls import make_ca, pem
 
 BASE = {"DATABASE_URL": "postgresql://app:pw@db.example.com:6543/appdb"}
 
@@ -31,7 +32,7 @@ def test_url_schemes(url):
         (Host("db.example.com", 6543),),
         "appdb",
     )
-    assert parsed.ssl_context is None  # no sslmode: libpq's default, 'prefer'
+    assert parsed.sslmode == "prefer"  # no sslmode: libpq's default
 
 
 def test_percent_encoded_password():
@@ -55,20 +56,35 @@ def test_unix_socket_forms(url, socket_path):
     assert host.socket_path == socket_path
 
 
-def test_sslmode_means_what_libpq_means(tmp_path):
-    def ctx(mode: str, extra: str = ""):
-        return parse(f"postgresql://a:b@h/db?sslmode={mode}{extra}").ssl_context
+def test_sslmode_means_what_libpq_means(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.postgresql/root.crt
 
-    assert ctx("disable") is False
-    assert ctx("allow") is None and ctx("prefer") is None  # TLS when offered, unverified
-    assert ctx("require") is True  # TLS or fail, no certificate check (pg8000's True)
-    assert ctx("no-verify") is True  # node-postgres's spelling of the same
-    verify_ca = ctx("verify-ca")
+    def url(mode: str, extra: str = ""):
+        return parse(f"postgresql://a:b@h/db?sslmode={mode}{extra}")
+
+    assert url("disable").ssl_context is None
+    for mode in ("allow", "prefer", "require", "no-verify"):  # TLS, no certificate check
+        context = url(mode).ssl_context
+        assert context.verify_mode == ssl.CERT_NONE and context.check_hostname is False
+    assert url("no-verify").sslmode == "require"  # node-postgres's spelling of require
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pem(make_ca("test")[1]))
+    verify_ca = url("verify-ca", f"&sslrootcert={ca}").ssl_context
     assert verify_ca.verify_mode == ssl.CERT_REQUIRED and verify_ca.check_hostname is False
-    verify_full = ctx("verify-full")
+    verify_full = url("verify-full", f"&sslrootcert={ca}").ssl_context
     assert verify_full.verify_mode == ssl.CERT_REQUIRED and verify_full.check_hostname is True
-    with pytest.raises(ConfigError, match="cannot load TLS files"):
-        ctx("verify-full", f"&sslrootcert={tmp_path}/missing.pem")
+    for mode in ("verify-ca", "verify-full"):  # libpq needs a root certificate
+        with pytest.raises(ConfigError, match=r"root certificate .*does not exist"):
+            url(mode)
+    system = parse("postgresql://a:b@h/db?sslrootcert=system")  # Neon's recommendation
+    assert system.sslmode == "verify-full" and system.ssl_context.check_hostname is True
+    for weak in ("disable", "allow", "prefer", "require", "verify-ca"):
+        with pytest.raises(ConfigError, match="too weak for sslrootcert=system"):
+            url(weak, "&sslrootcert=system")
+    # require with a root certificate that exists is verify-ca; with a missing one, require.
+    assert url("require", f"&sslrootcert={ca}").sslmode == "verify-ca"
+    missing = url("require", f"&sslrootcert={tmp_path}/missing.pem")
+    assert missing.sslmode == "require" and missing.ssl_context.verify_mode == ssl.CERT_NONE
 
 
 @pytest.mark.parametrize(
@@ -88,9 +104,8 @@ def test_sslmode_means_what_libpq_means(tmp_path):
             "DATABASE_URL",
             "connect_timout",
         ),
-        ({"DATABASE_URL": "postgresql://a:b@h/"}, "DATABASE_URL", "no database"),
-        ({"DATABASE_URL": "postgresql://h/db"}, "DATABASE_URL", "no user"),
-        ({"DATABASE_URL": "postgresql://a@/db"}, "DATABASE_URL", "no host"),
+        ({"DATABASE_URL": "postgresql://a:b@h/db?x=%0"}, "DATABASE_URL", "percent-encoding"),
+        ({"DATABASE_URL": "postgresql://a:b@h/db?port=%00"}, "DATABASE_URL", "%00"),
         ({**BASE, "DB_POOL_SIZE": "five"}, "DB_POOL_SIZE", "not a whole number"),
         ({**BASE, "DB_POOL_SIZE": "0"}, "DB_POOL_SIZE", "at least 1"),
         ({**BASE, "DB_MAX_OVERFLOW": "-1"}, "DB_MAX_OVERFLOW", "at least 0"),
@@ -209,6 +224,7 @@ def test_repr_never_shows_a_password():
     assert "hunter2" not in text
 
 
+@pytest.mark.slow
 def test_a_bad_setting_stops_functions_framework_with_one_line():
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "mysql://a:secretpw@h/db"}
     result = subprocess.run(
@@ -237,7 +253,7 @@ def test_a_bad_setting_stops_functions_framework_with_one_line():
         ("allow", True),
         ("prefer", True),
         ("require", False),
-        ("verify-full", False),
+        ("verify-full&sslrootcert=system", False),
     ],
 )
 def test_sslmode_against_a_server_without_tls(admin, postgres, make_app, sslmode, works):

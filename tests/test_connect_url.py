@@ -5,6 +5,7 @@ keepalives on the socket, and every misconfiguration answered as one, never as a
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import socket
@@ -19,9 +20,10 @@ from devtools.devdb import EmbeddedPostgres, free_port
 from tests.conftest import insert_users
 from tests.connections import function_connections
 from tests.relay import Relay
-from tests.test_tls import make_ca, server_certificate
+from tests.test_tls import client_certificate, make_ca, pem, server_certificate
 
 ROWS = [("a@example.com", "A", "2024-01-01T00:00:00Z")]
+LATIN1_PASSWORD = "café".encode("latin-1")  # b"caf\xe9": percent-encoded as caf%E9
 
 
 def world_dir(prefix: str) -> Path:
@@ -51,6 +53,7 @@ def test_a_dead_first_host_is_skipped(admin, postgres, make_app):
     assert response.get_json()["users"][0]["email"] == "a@example.com"
 
 
+@pytest.mark.slow
 def test_each_host_gets_connect_timeout_then_the_next_one_serves(admin, postgres, make_app):
     insert_users(admin, ROWS)
     hole = Relay((postgres.host, postgres.port))  # accepts, never answers: a timeout ends it
@@ -72,7 +75,7 @@ def test_each_host_gets_connect_timeout_then_the_next_one_serves(admin, postgres
 
 def test_every_host_down_is_an_outage_naming_none_of_the_secrets(make_app):
     url = f"postgresql://u:SECRET-9@127.0.0.1:{free_port()},127.0.0.1:{free_port()}/db"
-    response = make_app(DATABASE_URL=url).test_client().get("/")
+    response = make_app(DATABASE_URL=url, DB_CONNECT_TIMEOUT="0.5").test_client().get("/")
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert "SECRET-9" not in response.get_data(as_text=True)
 
@@ -162,31 +165,44 @@ def tls_postgres():
         pytest.skip("no PostgreSQL with TLS (apt-get install postgresql; .ci/run does)")
     base = world_dir("pgauth")
     server = EmbeddedPostgres(base / "data", binaries=binaries)
-    cert, key = server_certificate(*make_ca("auth test CA"))
+    ca_key, ca = make_ca("auth test CA")
+    cert, key = server_certificate(ca_key, ca)
     (base / "server.crt").write_bytes(cert)
     (base / "server.key").write_bytes(key)
     (base / "server.key").chmod(0o600)
+    (base / "ca.crt").write_bytes(pem(ca))  # the server checks client certificates with it
+    client_cert, client_key = client_certificate(ca_key, ca, "u_cert")
+    (base / "client.crt").write_bytes(client_cert)
+    (base / "client.key").write_bytes(client_key)
+    (base / "client.key").chmod(0o600)
     if os.geteuid() == 0:  # the server runs as `nobody` and must own its key
         nobody = pwd.getpwnam("nobody")
-        for path in (base / "server.crt", base / "server.key"):
+        for path in (base / "server.crt", base / "server.key", base / "ca.crt"):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
     server.settings += (
         "ssl=on",
         f"ssl_cert_file={base}/server.crt",
         f"ssl_key_file={base}/server.key",
+        f"ssl_ca_file={base}/ca.crt",
     )
+    server.base = base
     server.start()
     conn = seed.connect(server.url())
     seed.create_schema(conn)
     seed.seed_users(conn, 2, progress=False)
     cursor = conn.cursor()
-    for method in ("trust", "password", "md5", "scram"):
+    for method in ("trust", "password", "md5", "scram", "cert"):
         cursor.execute(f"DROP ROLE IF EXISTS u_{method}")
         if method == "md5":
             cursor.execute("SET password_encryption = 'md5'")
         cursor.execute(f"CREATE ROLE u_{method} LOGIN PASSWORD 'pw-{method}'")
         cursor.execute("RESET password_encryption")
         cursor.execute(f"GRANT SELECT ON users TO u_{method}")
+    # A password that is not UTF-8 (Latin-1 "café"), stored as md5(password + user).
+    digest = hashlib.md5(LATIN1_PASSWORD + b"u_latin1").hexdigest()  # noqa: S324 - md5 auth
+    cursor.execute("DROP ROLE IF EXISTS u_latin1")
+    cursor.execute(f"CREATE ROLE u_latin1 LOGIN PASSWORD 'md5{digest}'")
+    cursor.execute("GRANT SELECT ON users TO u_latin1")
     conn.close()
     server.set_hba(
         [
@@ -194,6 +210,9 @@ def tls_postgres():
             "host all u_trust 127.0.0.1/32 trust",
             "host all u_password 127.0.0.1/32 password",
             "host all u_md5 127.0.0.1/32 md5",
+            "host all u_latin1 127.0.0.1/32 md5",
+            "hostnossl all u_cert 127.0.0.1/32 reject",
+            "hostssl all u_cert 127.0.0.1/32 cert",
             "host all all 127.0.0.1/32 scram-sha-256",
         ]
     )
@@ -233,6 +252,78 @@ def test_authentication_rules_are_libpqs(tls_postgres, make_app, method, query, 
         assert error["code"] == "configuration_error"
         assert ("channel_binding" if "channel_binding" in query else "require_auth") in body
         assert f"pw-{method}" not in body
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query", ["", "sslmode=allow", "sslmode=prefer", "sslmode=require"])
+def test_a_client_certificate_is_presented_whenever_tls_is_used(tls_postgres, make_app, query):
+    """libpq sends sslcert in every mode that uses TLS (allow: after the server refused the
+    plaintext login), so `cert` authentication works without sslmode=require."""
+    base = tls_postgres.base
+    url = (
+        f"postgresql://u_cert@127.0.0.1:{tls_postgres.port}/postgres?sslcert={base}/client.crt"
+        f"&sslkey={base}/client.key&{query}"
+    )
+    response = make_app(DATABASE_URL=url).test_client().get("/")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(response.get_json()["users"]) == 2
+
+
+@pytest.mark.slow
+def test_a_server_asking_for_a_password_the_url_lacks_is_a_configuration_error(
+    tls_postgres, make_app
+):
+    url = f"postgresql://u_scram@127.0.0.1:{tls_postgres.port}/postgres?sslmode=disable"
+    response = make_app(DATABASE_URL=url).test_client().get("/")
+    assert response.status_code == 500, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "configuration_error" and "no password" in error["message"]
+
+
+@pytest.mark.slow
+def test_a_password_that_is_not_utf8_logs_in_as_libpq_sends_it(tls_postgres, make_app):
+    url = f"postgresql://u_latin1:caf%E9@127.0.0.1:{tls_postgres.port}/postgres?sslmode=disable"
+    response = make_app(DATABASE_URL=url).test_client().get("/")
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+@pytest.mark.slow
+def test_an_abstract_socket_host_is_dialled_as_one(admin, postgres, make_app):
+    """A host starting with '@' is a socket in Linux's abstract namespace (libpq)."""
+    insert_users(admin, ROWS)
+    name = f"pgtest-{os.getpid()}-{time.monotonic_ns()}"
+    relay = Relay((postgres.host, postgres.port), unix_path=f"\0{name}/.s.PGSQL.5999")
+    try:
+        url = postgres.url(host=f"%40{name}", port=5999, query="sslmode=disable")
+        response = make_app(DATABASE_URL=url).test_client().get("/")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert response.get_json()["users"][0]["email"] == "a@example.com"
+    finally:
+        relay.close()
+
+
+def test_hostaddr_dials_tcp_even_when_host_is_a_socket_directory(admin, postgres, make_app):
+    insert_users(admin, ROWS)
+    url = postgres.url(host="%2Fno%2Fsuch%2Fdir", query=f"hostaddr={postgres.host}&sslmode=disable")
+    response = make_app(DATABASE_URL=url).test_client().get("/")
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_options_names_are_folded_as_the_server_folds_them(admin, postgres, make_app):
+    """`-c search-path=x` is the server's search_path (a startup parameter named
+    `search-path` would be refused with 42704)."""
+    cursor = admin.cursor()
+    cursor.execute("DROP SCHEMA IF EXISTS folded CASCADE")
+    cursor.execute("CREATE SCHEMA folded")
+    cursor.execute("CREATE TABLE folded.users (LIKE public.users INCLUDING ALL)")
+    cursor.execute("INSERT INTO folded.users (email, name) VALUES ('folded@example.com', 'F')")
+    try:
+        url = postgres.url(query="sslmode=disable&options=-c%20search-path%3Dfolded")
+        response = make_app(DATABASE_URL=url).test_client().get("/")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert [u["email"] for u in response.get_json()["users"]] == ["folded@example.com"]
+    finally:
+        cursor.execute("DROP SCHEMA folded CASCADE")
 
 
 def test_channel_binding_require_refuses_scram_without_tls(admin, postgres, make_app):
@@ -291,7 +382,7 @@ def reader(admin):
         ("{reader}", "{db}", {"USERS_COLUMNS": "id,email"}, None),  # granted: served
         ("{admin}", "{db}", {"USERS_COLUMNS": "id,nickname"}, "nickname"),
         ("{admin}", "{db}", {"_host": "db.invalid"}, "does not resolve"),
-        ("{admin}", "{db}", {"_query": "&options=-c%20no_such=1"}, "does not know a setting"),
+        ("{admin}", "{db}", {"_query": "&options=-c%20no_such%3D1"}, "does not know a setting"),
     ],
 )
 def test_misconfigurations_are_500_naming_the_fix(postgres, make_app, reader, login, db, env, fix):

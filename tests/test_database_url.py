@@ -171,7 +171,7 @@ SHAPES = [
     (
         "node-postgres no-verify",
         f"postgres://app:{PW}@h/db?sslmode=no-verify",
-        {"sslmode": "require", "ssl_context": True},
+        {"sslmode": "require", "verify": "none"},
     ),
 ]
 
@@ -203,6 +203,8 @@ def test_provider_shapes_mean_what_they_say(provider, raw, meaning, rds_bundle):
     }
     if meaning.get("verify") == "full":
         assert url.ssl_context.check_hostname and url.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    if meaning.get("verify") == "none":
+        assert url.ssl_context.verify_mode == ssl.CERT_NONE
     assert {key: expected[key] for key in meaning if key != "verify"} == {
         key: value for key, value in meaning.items() if key != "verify"
     }
@@ -217,19 +219,25 @@ def test_provider_shapes_mean_what_they_say(provider, raw, meaning, rds_bundle):
         ("sslmode=disable&channel_binding=require", "needs TLS"),
         ("gssencmode=require", "no GSSAPI"),
         ("sslnegotiation=direct", "sslnegotiation=direct"),
-        ("client_encoding=LATIN1", "use UTF8"),
+        ("client_encoding=LATIN1", "pg8000 speaks UTF8"),
         ("target_session_attrs=replica", "target_session_attrs 'replica'"),
         ("options=-c%20statement_timeout%3D0", "use DB_STATEMENT_TIMEOUT_MS"),
         ("options=-c%20default_transaction_read_only%3Doff", "only reads, by design"),
         ("options=--idle-session-timeout%3D0", "use DB_IDLE_TIMEOUT"),
-        ("options=-c%20nothing", "not name=value"),
+        ("options=-c%20nothing", "needs name=value"),
         ("passfile=/root/.pgpass", "put the password in the URL"),
         ("service=prod", "pg_service.conf"),
-        ("ssl=true", "use sslmode"),
+        ("ssl=false", "only ssl=true"),
         ("require_auth=md5,!password", "all with or all without"),
         ("keepalives_idle=ten", "not a whole number"),
         ("port=99999", "not a TCP port"),
-        ("sslmode=require&sslmode=disable", "more than once"),
+        ("options=-c%20a=b", "second '='"),
+        ("sslrootcert=system&sslmode=require", "too weak for sslrootcert=system"),
+        ("port=%zz", "invalid percent-encoding"),
+        ("options=-ec%20statement_timeout%3D1", "use DB_STATEMENT_TIMEOUT_MS"),
+        ("options=-c%20statement-timeout%3D1", "use DB_STATEMENT_TIMEOUT_MS"),
+        ("min_protocol_version=3.2", "pg8000 speaks protocol 3.0"),
+        ("oauth_issuer=https%3A%2F%2Fx", "no OAuth"),
         ("schema=Public;drop", "not a plain lower-case identifier"),
         ("x" * 5000 + "=1", "unknown parameter 'xxxxxxxx"),
     ],
@@ -245,8 +253,10 @@ def test_what_cannot_be_honoured_is_refused_in_one_line(query, fragment):
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ("postgresql://a:b@h1:5432,:5433/db", "empty host"),
-        ("postgresql://a:b@h1,h2,h3/db?port=1,2", "3 hosts but 2 ports"),
+        ("postgresql://a:b@[::1/db", "without its"),
+        ("postgresql://a:b@[]/db", "empty IPv6"),
+        ("postgresql://a:b@h 1/db", "unencoded space"),
+        ("postgresql://a:b@h1,h2,h3/db?port=1,2", "2 port numbers to 3 hosts"),
         ("mysql://a:b@h/db", "scheme 'mysql'"),
         ("not a url", "is not a URL"),
     ],
@@ -262,6 +272,7 @@ def test_require_auth_lists_and_negations():
         "gss",
         "sspi",
         "scram-sha-256",
+        "oauth",
         "none",
     }
 
@@ -311,7 +322,9 @@ def test_url_settings_flow_into_settings():
     )
     assert settings.connect_timeout == 4.0  # 0 means "the default" (libpq)
     assert settings.application_name == "etl"
-    assert load({"DATABASE_URL": "postgresql://a@h/db?connect_timeout=1"}).connect_timeout == 2.0
+    assert (
+        load({"DATABASE_URL": "postgresql://a@h/db?connect_timeout=1"}).connect_timeout == 1.0
+    )  # libpq 18: 1 is 1
     assert load({"DATABASE_URL": "postgresql://a@h/db"}).transaction_pooler is None  # auto
     assert load({"DATABASE_URL": "postgresql://a@h/db?pgbouncer=true"}).transaction_pooler
 
@@ -323,3 +336,69 @@ def test_other_clients_keys_are_logged_once_as_ignored(admin, postgres, make_app
     assert len(lines) == 1
     assert "connection_limit (the pool size is DB_POOL_SIZE)" in lines[0]
     assert "statement_cache_size" in lines[0]
+
+
+# What libpq 18 reads, case by case (tests/test_libpq_oracle.py checks the same against libpq).
+@pytest.mark.parametrize(
+    ("raw", "field", "meaning"),
+    [
+        ("postgresql://u:caf%E9@h/db", "password", "caf\udce9"),  # the byte 0xE9, not U+FFFD
+        ("postgresql://u@h/%FF", "database", "\udcff"),
+        ("postgresql://u:pa?ss@h/db", "password", "pa?ss"),
+        ("postgresql://app:p@ss@h/db", "password", "p@ss"),  # the one deviation (docs)
+        ("postgresql://u@h/db?sslmode=require&", "sslmode", "require"),
+        ("postgresql://u@h/db?sslmode=require&sslmode=disable", "sslmode", "disable"),
+        ("postgresql://u@h/db?ssl=true", "sslmode", "require"),
+        ("postgresql://u@h/db?requiressl=1", "sslmode", "require"),
+        ("postgresql://u@h/db?sslrootcert=system", "sslmode", "verify-full"),
+        ("postgresql://u@h/db? sslmode = require ", "sslmode", "require"),
+        ("postgresql://u@ h1,h2 /db", "hosts", (Host("h1", 5432), Host("h2", 5432))),
+        ("postgresql://u@[/tmp/pg]:6000/db", "hosts", (Host("/tmp/pg", 6000),)),
+        ("postgresql://u@%40abstract/db", "hosts", (Host("@abstract", 5432),)),
+        ("postgresql://u@/db?hostaddr=10.1.2.3", "hosts", (Host("10.1.2.3", 5432, "10.1.2.3"),)),
+        ("postgresql://u@h1,/db", "hosts", (Host("h1", 5432), Host("/var/run/postgresql", 5432))),
+        ("postgresql://u@h:+5432/db", "hosts", (Host("h", 5432),)),
+        ("postgresql://u@h/db?port=%205433%20", "hosts", (Host("h", 5433),)),
+        ("postgresql://u@h/db?connect_timeout=-3", "connect_timeout", None),
+        ("postgresql://u@h/db?connect_timeout=001", "connect_timeout", 1.0),  # libpq 18
+        ("postgresql://u@h/db?keepalives=7", "keepalives", Keepalives()),
+        ("postgresql://u@h/db?keepalives_idle=+011", "keepalives", Keepalives(idle=11)),
+        ("postgresql://u@h/db?application_name=My%20App", "application_name", "My App"),
+        ("postgresql://u@h/db?require_auth=", "require_auth", None),
+        ("postgresql://u@h/db?require_auth=oauth", "require_auth", {"oauth"}),
+        ("postgresql://u@h/db?sslsni=yes", "sslsni", False),  # only a leading '1' means on
+        ("postgresql://u@h/db?client_encoding=", "database", "db"),
+        ("postgresql://u@h/db?client_encoding=utf_8", "database", "db"),
+        ("postgresql://u@h", "database", "u"),  # libpq: the database defaults to the user
+        ("postgresql://u@h/db?sslmode=require&sslcert=/no/such.crt", "sslmode", "require"),
+        ("postgresql://u@h/db?sslkeylogfile=/tmp/keys&max_protocol_version=3.2", "user", "u"),
+        ("postgresql://u@h/db?options=-c%20search-path%3Dx", "options", {"search_path": "x"}),
+        ("postgresql://u@h/db?options=--search-path%3Dx", "options", {"search_path": "x"}),
+        (
+            "postgresql://u@h/db?options=-c%20search_path%3Da%5C%20b%5C%09c",
+            "options",
+            {"search_path": "a b\tc"},  # a backslash keeps a space or tab inside the word
+        ),
+        (
+            "postgresql://u@h/db?options=-c%20search_path%3Da%C2%A0b",
+            "options",
+            {"search_path": "a\u00a0b"},  # NBSP separates nothing
+        ),
+        (
+            "postgresql://u@h/db?options=-e%20endpoint%3Dep-1",
+            "options",
+            {"options": "-e endpoint=ep-1"},
+        ),
+    ],
+)
+def test_uris_mean_what_libpq_reads(raw, field, meaning):
+    value = getattr(parse(raw), field)
+    assert value == meaning
+
+
+def test_a_url_without_user_logs_in_as_the_os_user_as_libpq():
+    import getpass
+
+    url = parse("postgresql:///")
+    assert url.user == getpass.getuser() and url.database == url.user
+    assert url.hosts == (Host("/var/run/postgresql", 5432),)

@@ -34,10 +34,12 @@ def uploaded() -> set[str]:
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
 
+@pytest.mark.slow
 def test_gcloudignore_uploads_exactly_the_runtime_files():
     assert uploaded() == RUNTIME_FILES
 
 
+@pytest.mark.slow
 def test_every_module_main_imports_is_uploaded(postgres):
     probe = (
         "import sys, main\n"

@@ -72,6 +72,7 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_local_run_serves_seeded_users_and_stops_cleanly(datadir, tmp_path):
     local = start_local(datadir, tmp_path / "run.log").wait_ready(60)
     status, body = get(local.base + "/")
@@ -85,6 +86,7 @@ def test_local_run_serves_seeded_users_and_stops_cleanly(datadir, tmp_path):
     assert not (datadir / "postmaster.pid").exists()  # the database stopped too
 
 
+@pytest.mark.slow
 def test_local_run_reports_the_users_the_table_holds(datadir, tmp_path):
     """A table seeded bigger by an earlier run stays as it is: say what it holds."""
     server = EmbeddedPostgres(datadir).start()
@@ -100,6 +102,7 @@ def test_local_run_reports_the_users_the_table_holds(datadir, tmp_path):
     assert "users table ready: 40 users (0 added)" in local.output()
 
 
+@pytest.mark.slow
 def test_local_run_with_database_url_serves_that_database(admin, postgres, tmp_path):
     seed.seed_users(admin, 4, progress=False)
     local = start_local(tmp_path / "unused", tmp_path / "run.log", postgres.admin_url)

@@ -17,6 +17,8 @@ from tests.load import Answer, Load
 from tests.pgbouncer import PgBouncer
 from tests.report import figure
 
+pytestmark = pytest.mark.slow
+
 MAX_CONNECTIONS = 20
 READER_PASSWORD = "fleet-pw"
 

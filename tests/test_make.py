@@ -13,6 +13,8 @@ import pytest
 
 from tests.processes import ROOT
 
+pytestmark = pytest.mark.slow
+
 PYTHONS = glob.glob("/root/.pyenv/versions/3.1[123].*/bin/python3.1[123]")
 # Interpreters other than the one running the tests.
 OTHER_PYTHONS = sorted(

@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from bench.reference import rows_as_json
-from lib import users_query
+from lib import listing
+from lib.resource import Resource
+from lib.statements import page_sql
 
 COLUMNS = "id,email,name,created_at,active,age,birthday,seen_at,ext_id,prefs,nickname,tags,balance"
 ROWS = [
@@ -134,7 +136,7 @@ def test_pages_concatenate_to_the_full_listing(admin, make_app, monkeypatch):
             if link is None:
                 break
         assert collected == everything
-    monkeypatch.setattr(users_query, "PAGE_ROWS", 4)  # streamed in pages: same document
+    monkeypatch.setattr(listing, "PAGE_ROWS", 4)  # streamed in pages: same document
     assert client.get("/").get_json()["users"] == everything
 
 
@@ -174,7 +176,7 @@ def test_a_page_deep_in_the_table_reads_only_the_index_past_its_cursor(admin):
 
     seed.seed_users(admin, 20_000, progress=False)
     cursor = admin.cursor()
-    sql = users_query.UsersQuery(("id", "email")).sql(after=15_000, limit=100)
+    sql = page_sql(Resource("users", "users", ("id", "email")), None, after=15_000, limit=100)
     cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
     plan = json.dumps(cursor.fetchone()[0])
     assert "Seq Scan" not in plan

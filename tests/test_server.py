@@ -13,6 +13,8 @@ from tests.connections import PeakConnections, terminate_function_connections
 from tests.load import Load, get
 from tests.report import figure
 
+pytestmark = pytest.mark.slow
+
 IMPORT_PROBE = """
 import socket, sys, threading
 connects = []

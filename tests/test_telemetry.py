@@ -8,7 +8,7 @@ import jsonschema
 import yaml
 
 from devtools import seed
-from lib import telemetry, users_query
+from lib import listing, telemetry
 from tests.conftest import ROOT, free_port, function_connections
 
 
@@ -54,7 +54,7 @@ def test_one_structured_line_per_request_with_trace_and_pool_state(
 
 
 def test_streamed_response_is_logged_once_complete(admin, make_app, capsys, monkeypatch):
-    monkeypatch.setattr(users_query, "PAGE_ROWS", 4)
+    monkeypatch.setattr(listing, "PAGE_ROWS", 4)
     seed.seed_users(admin, 10, progress=False)
     client = make_app().test_client()
     capsys.readouterr()

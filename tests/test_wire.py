@@ -20,7 +20,7 @@ from tests.conftest import slow_users, terminate_function_connections
 
 pytestmark = pytest.mark.slow
 
-STREAMED_USERS = 6000  # past one page of 5,000 (lib/users_query.PAGE_ROWS): streamed
+STREAMED_USERS = 6000  # past one page of 5,000 (lib/listing.PAGE_ROWS): streamed
 
 
 def request_line(served) -> dict:
