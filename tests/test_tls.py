@@ -69,47 +69,39 @@ def server_certificate(
     ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
 ) -> tuple[bytes, bytes]:
     """A certificate for the IP 127.0.0.1 only, signed by `ca`: (certificate PEM, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pem(cert), key_pem
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    return _issue(ca_key, ca, "127.0.0.1", san)
 
 
 def client_certificate(
     ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, user: str
 ) -> tuple[bytes, bytes]:
     """A client certificate for database user `user` (its CN), signed by `ca`: (PEM, key PEM)."""
+    return _issue(ca_key, ca, user)
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    common_name: str,
+    san: x509.SubjectAlternativeName | None = None,
+) -> tuple[bytes, bytes]:
+    """A leaf certificate for `common_name` (and `san`), signed by `ca`, with key identifiers."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    cert = (
+        builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
