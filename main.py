@@ -10,13 +10,14 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from lib import config, responses, telemetry
+from lib.cached_listing import CachedListings
 from lib.engine import Database
-from lib.listing import open_listing
 from lib.paging import PageRequest
 
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
 DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=0) per process
+LISTINGS = CachedListings(SETTINGS)  # this process's response cache (docs/cache.md)
 
 
 @functions_framework.http
@@ -25,10 +26,9 @@ DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":
-        return responses.health(DB.pool_state(), DB.session.health())
+        return responses.health(DB.pool_state(), DB.session.health(), LISTINGS.health())
     page = PageRequest.from_args(request.args)
-    listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page)
-    return responses.listing_json(request, listing, page)
+    return LISTINGS.respond(request, DB, SETTINGS.resource, SETTINGS.schema, page)
 
 
 # What functions-framework answers itself (a 404 for /robots.txt and /favicon.ico) is JSON too.

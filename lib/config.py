@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 USERS = "users"  # the resource the function serves at `/`: its envelope key and its table
 DEFAULT_COLUMNS = ("id", "email", "name", "created_at")  # when USERS_COLUMNS is not set
 APPLICATION_NAME = "users-function"
+RESPONSE_CACHE_MB = 16  # docs/cache.md: measured RSS, inside Cloud Run's 128 MiB with room
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _IP_TYPES = {"public": "PUBLIC", "private": "PRIVATE", "psc": "PSC"}
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class Settings:
     max_waiting: int | None  # requests allowed to wait for a connection; None = no limit
     # Behind a transaction pooler (PgBouncer & co): True, False, or None to find out.
     transaction_pooler: bool | None
+    response_cache_bytes: int  # the response cache's bound; 0 = off (RESPONSE_CACHE=off)
     url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
     schema: str | None = None  # the served table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
@@ -100,6 +102,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "idle_timeout": _float(env, "DB_IDLE_TIMEOUT", 10.0, allow_zero=True),
         "max_waiting": _int(env, "DB_MAX_WAITING", None, minimum=0),
         "transaction_pooler": _pooler(env.get("DB_TRANSACTION_POOLER", "")),
+        "response_cache_bytes": _response_cache(env),
     }
     if has_url:
         return _with_url(database_url.parse(env["DATABASE_URL"].strip()), env, common)
@@ -215,6 +218,13 @@ def _application_name(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,63}", name):
         raise ConfigError("DB_APPLICATION_NAME", "use 1-63 letters, digits, '_', '.', ':' or '-'")
     return name
+
+
+def _response_cache(env: Mapping[str, str]) -> int:
+    """RESPONSE_CACHE (on by default) and its bound RESPONSE_CACHE_MB, in bytes (0: off)."""
+    on = _bool(env, "RESPONSE_CACHE") if env.get("RESPONSE_CACHE", "").strip() else True
+    megabytes = _int(env, "RESPONSE_CACHE_MB", RESPONSE_CACHE_MB, minimum=1)
+    return megabytes * 2**20 if on else 0
 
 
 def _pooler(raw: str) -> bool | None:

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lib import statements, telemetry
+from lib import statements, telemetry, validator
 from lib.engine import Database
 from lib.failures import ConnectionLost
 from lib.paging import PageRequest
 from lib.resource import Resource
+from lib.validator import Identity
 
 PAGE_ROWS = 5000  # rows per round trip when streaming every row (~0.5 MB of users' JSON)
 
@@ -40,18 +41,26 @@ class Page:
     last_id: int | None  # the page's last key
     json: str  # the page's objects, comma-separated, without brackets
     more: bool  # rows with a larger key exist
+    # With a validator (`token_sql`): the server and the token the page was read at.
+    identity: Identity | None = None
+    token: str | None = None
 
 
 def open_listing(
-    db: Database, resource: Resource, schema: str | None, request: PageRequest
+    db: Database,
+    resource: Resource,
+    schema: str | None,
+    request: PageRequest,
+    token_sql: str | None = None,
 ) -> Listing:
-    """Fetch the first page; the rest is `Listing.rest()`.
+    """Fetch the first page (read with the validator `token_sql`, if given: lib/validator.py);
+    the rest is `Listing.rest()`.
 
     Holding the first page before the response starts means any database error on it
     still becomes a proper status code.
     """
     listing = Listing(db, resource, schema)
-    listing.first = listing.page(request.after, request.limit or PAGE_ROWS)
+    listing.first = listing.page(request.after, request.limit or PAGE_ROWS, token_sql)
     if request.limit is None and listing.first.more:
         listing.prefetch(listing.first)
     return listing
@@ -72,11 +81,20 @@ def fetch_page(
     schema: str | None,
     after: int,
     limit: int,
+    token_sql: str | None = None,
 ) -> Page:
-    """One page in one round trip (no bind parameters: pg8000 then uses simple query)."""
+    """One page in one round trip (no bind parameters: pg8000 then uses simple query), with
+    the validator's token read in the same statement when `token_sql` is given."""
     sql = statements.page_sql(resource, schema, after, limit)
-    [(rows, last_id, text, more)] = db.fetch(conn, sql)
-    return Page(rows=rows, last_id=last_id, json=text, more=more)
+    if token_sql is None:
+        [(rows, last_id, text, more)] = db.fetch(conn, sql)
+        return Page(rows=rows, last_id=last_id, json=text, more=more)
+    [(token, started, system_id, rows, last_id, text, more)] = db.fetch(
+        conn, validator.render_sql(sql, token_sql)
+    )
+    validator.remember(conn, system_id)
+    identity = Identity(system_id=system_id, started=started)
+    return Page(rows, last_id, text, more, identity, token)
 
 
 class Listing:
@@ -99,18 +117,18 @@ class Listing:
         self._ahead: futures.Future[Page] | None = None  # the next page, being fetched
         self.stats = telemetry.current()  # kept: later pages stream after the handler returns
 
-    def page(self, after: int, limit: int) -> Page:
+    def page(self, after: int, limit: int, token_sql: str | None = None) -> Page:
         """The `limit` rows after key `after`, on a connection checked out for this page
         and given back before the page is returned. A pooled connection found dead
         (server restart, failover, idle cut) is retried once on a fresh one: a page is
         one read, so the retry means the same."""
         try:
-            return self._page_on_one_connection(after, limit)
+            return self._page_on_one_connection(after, limit, token_sql)
         except ConnectionLost:
             self.stats.retried = True
-            return self._page_on_one_connection(after, limit)
+            return self._page_on_one_connection(after, limit, token_sql)
 
-    def _page_on_one_connection(self, after: int, limit: int) -> Page:
+    def _page_on_one_connection(self, after: int, limit: int, token_sql: str | None) -> Page:
         started = time.perf_counter()
         conn = self._db.checkout()
         self.stats.pool_wait_ms += (time.perf_counter() - started) * 1000
@@ -120,7 +138,7 @@ class Listing:
                 check_columns(self._db, conn, self.resource, self._schema)
                 checked.add((self.resource, self._schema))
             started = time.perf_counter()
-            page = fetch_page(self._db, conn, self.resource, self._schema, after, limit)
+            page = fetch_page(self._db, conn, self.resource, self._schema, after, limit, token_sql)
         finally:
             self._db.release(conn)
         self.stats.query_ms += (time.perf_counter() - started) * 1000

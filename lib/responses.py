@@ -82,10 +82,26 @@ def framework_error(exc: HTTPException) -> flask.Response:
     return json_error(status, "not_found" if status == 404 else "bad_request", exc.name)
 
 
-def listing_json(request: flask.Request, listing: Listing, page: PageRequest) -> flask.Response:
+def listing_json(
+    request: flask.Request, listing: Listing, page: PageRequest, etag: str | None = None
+) -> flask.Response:
     """`{"users": [...]}`, keyed by the listing's resource name (plus `next` when paging);
-    streamed when it spans several pages."""
-    head = "{" + json.dumps(listing.resource.name) + ":[" + listing.first.json
+    streamed when it spans several pages. `etag`: the validator's (lib/cached_listing.py),
+    else the ETag is a hash of the bytes sent."""
+    built = listing_body(listing, page)
+    if built is None:
+        return streamed(request, listing, listing_head(listing), etag)
+    body, headers = built
+    return whole(request, body, headers, etag)
+
+
+def listing_head(listing: Listing) -> str:
+    return "{" + json.dumps(listing.resource.name) + ":[" + listing.first.json
+
+
+def listing_body(listing: Listing, page: PageRequest) -> tuple[bytes, dict[str, str]] | None:
+    """The whole body and its headers besides the ETag's, or None when the listing streams."""
+    head = listing_head(listing)
     if page.limit is not None:
         next_link = (
             f"?limit={page.limit}&cursor={encode_cursor(listing.first.last_id)}"
@@ -94,30 +110,51 @@ def listing_json(request: flask.Request, listing: Listing, page: PageRequest) ->
         )
         body = head + '],"next":' + json.dumps(next_link) + "}"
         link = {"Link": f'<{next_link}>; rel="next"'} if next_link else {}
-        return whole(request, body.encode(), link)
+        return body.encode(), link
     if not listing.first.more:
-        return whole(request, (head + "]}").encode())
-    return streamed(request, listing, head)
+        return (head + "]}").encode(), {}
+    return None
 
 
 def whole(
-    request: flask.Request, body: bytes, headers: dict[str, str] | None = None
+    request: flask.Request,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    etag: str | None = None,
+    gzip: Callable[[bytes], bytes] = compression.compress,
 ) -> flask.Response:
-    """A listing sent in one piece: gzip if the client accepts it, a strong ETag of the bytes
-    sent (so the gzip and identity representations differ), 304 when the client has them."""
+    """A listing sent in one piece: gzip if the client accepts it (`gzip` compresses it),
+    a strong ETag (`etag`, else a hash of the bytes sent, so the gzip and identity
+    representations differ), 304 when the client has them."""
     headers = {"Cache-Control": LISTING_CACHE, "Vary": "Accept-Encoding", **(headers or {})}
     if compression.use_gzip(request.headers.get("Accept-Encoding"), len(body)):
-        body = compression.compress(body)
+        body = gzip(body)
         headers["Content-Encoding"] = "gzip"
-    headers["ETag"] = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-    # If-None-Match uses the weak comparison (RFC 9110, 13.1.2); "*" matches any.
-    if request.if_none_match.contains_weak(headers["ETag"].strip('"')):
+    headers["ETag"] = etag or '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+    if matches(request, headers["ETag"]):
         return flask.Response(status=304, content_type=JSON, headers=headers)
     return flask.Response(body, content_type=JSON, headers=headers)
 
 
-def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Response:
-    """Every user, page by page on one connection (gzip-encoded page by page if accepted).
+def matches(request: flask.Request, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110, 13.1.2); "*" matches any."""
+    return request.if_none_match.contains_weak(etag.removeprefix("W/").strip('"'))
+
+
+def not_modified(request: flask.Request, etag: str, may_stream: bool) -> flask.Response:
+    """A 304 known from the validator alone, nothing rendered. A listing that may stream
+    sends its ETag weak when it does: answer in the form the client holds."""
+    if may_stream and not request.if_none_match.contains(etag.strip('"')):
+        etag = "W/" + etag
+    headers = {"Cache-Control": LISTING_CACHE, "Vary": "Accept-Encoding", "ETag": etag}
+    return flask.Response(status=304, content_type=JSON, headers=headers)
+
+
+def streamed(
+    request: flask.Request, listing: Listing, head: str, etag: str | None = None
+) -> flask.Response:
+    """Every user, page by page (gzip-encoded page by page if accepted), with the weak
+    `etag` of the first page's validator if given: known before the first byte.
 
     Past the first page the status line is sent, so a failure can no longer become an
     error status: the response is cut (see `cut`), and the log line says so.
@@ -128,7 +165,10 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
     headers = {"Cache-Control": LISTING_CACHE, "Vary": "Accept-Encoding"}
     if gzip:
         headers["Content-Encoding"] = "gzip"
-    if request.if_none_match.star_tag:  # "*": any current representation (RFC 9110, 13.1.2)
+    if etag:
+        headers["ETag"] = etag
+    # "*": any current representation (RFC 9110, 13.1.2)
+    if request.if_none_match.star_tag or (etag and matches(request, etag)):
         listing.close()
         return flask.Response(status=304, content_type=JSON, headers=headers)
 
@@ -170,9 +210,10 @@ def cut(environ: dict[str, Any]) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def health(pool: dict[str, Any], database: dict[str, Any]) -> flask.Response:
-    """Liveness, the pool's counters and the session mode; never opens a connection."""
-    body = json.dumps({"status": "ok", "pool": pool, "database": database})
+def health(pool: dict[str, Any], database: dict[str, Any], cache: dict[str, Any]) -> flask.Response:
+    """Liveness, the pool's counters, the session mode and the response cache's state;
+    never opens a connection."""
+    body = json.dumps({"status": "ok", "pool": pool, "database": database, "cache": cache})
     return flask.Response(body, content_type=JSON, headers={"Cache-Control": NO_STORE})
 
 

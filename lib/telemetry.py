@@ -43,6 +43,7 @@ class Stats:
     retried: bool = False
     cut: str | None = None  # why a streamed response ended before its last byte
     client_left: bool = False  # ... and it was the client's doing, not ours
+    cache: str | None = None  # the response cache: hit, miss, skip (no probe) or off
 
     @property
     def truncated(self) -> bool:
@@ -83,7 +84,8 @@ def trace_fields(headers: Any) -> dict[str, str]:
 
 
 def server_timing(stats: Stats) -> str:
-    return f"pool;dur={stats.pool_wait_ms:.2f}, db;dur={stats.query_ms:.2f}"
+    timing = f"pool;dur={stats.pool_wait_ms:.2f}, db;dur={stats.query_ms:.2f}"
+    return timing + (f", cache;desc={stats.cache}" if stats.cache else "")
 
 
 def logged(pool_state: Callable[[], dict[str, Any]]) -> Callable:
@@ -145,6 +147,7 @@ def emit(request: flask.Request, response: flask.Response, stats: Stats, pool: d
         "rows": stats.rows,
         "bytes": stats.bytes,
         "retried": stats.retried,
+        **({"cache": stats.cache} if stats.cache else {}),
         "pool": pool,
         **({"truncated": True, "cause": stats.cut} if stats.cut else {}),
         **trace_fields(request.headers),

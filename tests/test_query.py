@@ -146,6 +146,7 @@ def test_a_warm_request_is_one_round_trip(admin, make_app, monkeypatch):
     seed.seed_users(admin, 10, progress=False)
     client = make_app().test_client()
     assert client.get("/").status_code == 200  # first use: connect, check columns
+    assert client.get("/?limit=3").status_code == 200  # kept: later ones are the probe alone
     flushes = []
     real_flush = pg8000.core._flush
     monkeypatch.setattr(pg8000.core, "_flush", lambda sock: flushes.append(1) or real_flush(sock))
@@ -153,6 +154,20 @@ def test_a_warm_request_is_one_round_trip(admin, make_app, monkeypatch):
         assert client.get("/").status_code == 200
         assert client.get("/?limit=3").status_code == 200
     assert len(flushes) == 10  # one statement each: no BEGIN/ROLLBACK, no ping
+
+
+def test_without_the_cache_a_request_is_one_round_trip(admin, make_app, monkeypatch):
+    from devtools import seed
+
+    seed.seed_users(admin, 10, progress=False)
+    client = make_app(RESPONSE_CACHE="off").test_client()
+    assert client.get("/").status_code == 200
+    flushes = []
+    real_flush = pg8000.core._flush
+    monkeypatch.setattr(pg8000.core, "_flush", lambda sock: flushes.append(1) or real_flush(sock))
+    for _ in range(5):
+        assert client.get("/?limit=3").headers["Server-Timing"].endswith("cache;desc=off")
+    assert len(flushes) == 5
 
 
 @pytest.mark.parametrize(("total", "more"), [(6, False), (7, True)])

@@ -44,13 +44,19 @@ def test_one_structured_line_per_request_with_trace_and_pool_state(
         == "projects/my-proj/traces/0af7651916cd43dd8448eb211c80319c"
     )
     assert line["logging.googleapis.com/spanId"] == f"{123:016x}"
-    assert (line["rows"], line["queries"], line["bytes"]) == (5, 1, len(response.data))
+    # A first request: the cache's probe, then the render.
+    assert (line["rows"], line["queries"], line["bytes"]) == (5, 2, len(response.data))
+    assert line["cache"] == "miss"
     assert (
         line["pool"]["in_use"] == 0 and line["pool"]["idle"] == 1 and line["pool"]["waiting"] == 0
     )
     assert line["pool_wait_ms"] >= 0 and line["query_ms"] > 0
     timing = response.headers["Server-Timing"]
     assert timing.startswith("pool;dur=") and ", db;dur=" in timing
+    assert timing.endswith(", cache;desc=miss")
+    client.get("/?limit=5")
+    [line] = request_lines(capsys.readouterr().out)
+    assert (line["queries"], line["cache"]) == (1, "hit")
 
 
 def test_streamed_response_is_logged_once_complete(admin, make_app, capsys, monkeypatch):
@@ -62,7 +68,7 @@ def test_streamed_response_is_logged_once_complete(admin, make_app, capsys, monk
     body = response.data
     response.close()  # what the WSGI server does after the last byte
     [line] = request_lines(capsys.readouterr().out)
-    assert (line["rows"], line["queries"], line["bytes"]) == (10, 3, len(body))
+    assert (line["rows"], line["queries"], line["bytes"]) == (10, 4, len(body))  # probe + 3
 
 
 def test_failures_are_logged_as_warnings_without_secrets(admin, make_app, capsys):
@@ -87,7 +93,9 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
         "status": "ok",
         "pool": {"started": False, "size": 5},
         "database": {"transaction_pooler": None, "session": None},
+        "cache": health["cache"],
     }
+    assert health["cache"]["enabled"] and health["cache"]["bytes"] == 0
     assert function_connections(admin) == 0
     client.get("/")
     body = client.get("/healthz").get_json()

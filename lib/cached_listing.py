@@ -1,0 +1,204 @@
+"""The listing behind the exact-validator cache: a probe first, a render only on a change.
+
+For each request the server's identity and validator token are read first, by a probe
+of one round trip (lib/validator.py). A matching If-None-Match then gets 304, and a
+stored response rendered at the same token on the same server is sent as it was kept;
+anything else renders, reading its token in the page's own statement, and is kept for the
+next request. While probes keep missing (writes elsewhere in the cluster), requests render
+at once and the probe resumes once renders show that it would hit again (lib/cache.py).
+
+The cache turns itself off, saying why in one log line, when the role may not execute the
+functions the validator reads; it never guesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+
+from lib import compression, responses, validator
+from lib.cache import Entry, ResponseCache
+from lib.config import Settings
+from lib.engine import Database
+from lib.failures import ConnectionLost
+from lib.listing import open_listing
+from lib.paging import PageRequest
+from lib.resource import Resource
+from lib.telemetry import Stats, current
+from lib.validator import Identity
+
+log = logging.getLogger(__name__)
+
+# Part of every ETag: a change to what the function writes for the same rows changes it.
+BODY_FORMAT = "1"
+
+
+class CachedListings:
+    """This process's response cache and the validator it trusts (found on first use)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = ResponseCache(settings.response_cache_bytes)
+        self.off: str | None = None if settings.response_cache_bytes else "RESPONSE_CACHE=off"
+        # Per (resource, schema): the token SQL found on first use (lib/validator.py).
+        self._found: dict[tuple[Resource, str | None], str] = {}
+        self._lock = threading.Lock()
+
+    def respond(
+        self,
+        request: flask.Request,
+        db: Database,
+        resource: Resource,
+        schema: str | None,
+        page: PageRequest,
+    ) -> flask.Response:
+        """The listing `page` of `resource`: from the cache when the validator says so."""
+        stats = current()
+        token_sql = self._validator(db, resource, schema)
+        if token_sql is None:
+            stats.cache = "off"
+            listing = open_listing(db, resource, schema, page)
+            return responses.listing_json(request, listing, page)
+        shape = shape_of(request, resource, schema, page)
+        if self.cache.should_probe():
+            identity, token = self._probe(db, token_sql, stats)
+            if token is not None:
+                key, etag = (identity, shape), make_etag(identity, token, shape)
+                entry = self.cache.get(key, token)
+                if entry is not None:
+                    self.cache.count(hit=True)
+                    stats.cache = "hit"
+                    return self._send(request, key, entry, etag)
+                if responses.matches(request, etag):  # another instance rendered it
+                    self.cache.count(hit=True)
+                    stats.cache = "hit"
+                    return responses.not_modified(request, etag, may_stream=page.limit is None)
+            self.cache.count(hit=False)
+            stats.cache = "miss"
+        else:
+            stats.cache = "skip"
+        listing = open_listing(db, resource, schema, page, token_sql)
+        first = listing.first
+        if first.token is None or first.identity is None:
+            return responses.listing_json(request, listing, page)
+        key, etag = (first.identity, shape), make_etag(first.identity, first.token, shape)
+        built = responses.listing_body(listing, page)
+        if built is None:
+            return responses.listing_json(request, listing, page, "W/" + etag)
+        body, headers = built
+        entry = Entry(first.token, body, headers=headers)
+        self.cache.rendered(key, entry)
+        return self._send(request, key, entry, etag)
+
+    def health(self) -> dict[str, Any]:
+        validators = {
+            resource.table: "snapshot" if sql == validator.SNAPSHOT else "trigger"
+            for (resource, _), sql in self._found.items()
+        }
+        state = {"enabled": self.off is None, "validators": {} if self.off else validators}
+        return {**state, **({"off": self.off} if self.off else {}), **self.cache.health()}
+
+    def _send(
+        self, request: flask.Request, key: Hashable, entry: Entry, etag: str
+    ) -> flask.Response:
+        def gzip(raw: bytes) -> bytes:
+            return self.cache.add_gzip(key, entry, compression.compress)
+
+        return responses.whole(request, entry.raw, entry.headers, etag, gzip)
+
+    def _probe(self, db: Database, token_sql: str, stats: Stats) -> tuple[Identity, str | None]:
+        """(server, token) now; a pooled connection found dead is retried once on a fresh
+        one, as a page is (lib/listing.py)."""
+        try:
+            return self._probe_on_one_connection(db, token_sql, stats)
+        except ConnectionLost:
+            stats.retried = True
+            return self._probe_on_one_connection(db, token_sql, stats)
+
+    def _probe_on_one_connection(
+        self, db: Database, token_sql: str, stats: Stats
+    ) -> tuple[Identity, str | None]:
+        started = time.perf_counter()
+        conn = db.checkout()
+        stats.pool_wait_ms += (time.perf_counter() - started) * 1000
+        try:
+            started = time.perf_counter()
+            known = None if db.session.pooler else validator.known_system_id(conn)
+            [row] = db.fetch(conn, validator.probe_sql(token_sql, with_system_id=known is None))
+            if known is None:
+                validator.remember(conn, row[2])
+        finally:
+            db.release(conn)
+        stats.query_ms += (time.perf_counter() - started) * 1000
+        stats.queries += 1
+        system_id = known if known is not None else row[2]
+        return Identity(system_id=system_id, started=row[1]), row[0]
+
+    def _validator(self, db: Database, resource: Resource, schema: str | None) -> str | None:
+        """The token SQL to read for this table, found once per process: the opt-in
+        trigger's if installed, else the snapshot; None (and one log line) when off."""
+        if self.off:
+            return None
+        found = self._found.get((resource, schema))
+        if found is None:
+            with self._lock:
+                found = self._found.get((resource, schema)) or self._find(db, resource, schema)
+                self._found[(resource, schema)] = found
+        return found if self.off is None else None
+
+    def _find(self, db: Database, resource: Resource, schema: str | None) -> str:
+        conn = db.checkout()
+        try:
+            [(allowed,)] = db.fetch(conn, validator.PRIVILEGES_SQL)
+            [(trigger,)] = db.fetch(conn, validator.has_trigger_sql(resource, schema))
+        finally:
+            db.release(conn)
+        if not allowed:
+            self.off = (
+                "the role may not execute pg_control_system(), pg_current_snapshot() "
+                "or pg_postmaster_start_time(): GRANT EXECUTE on them, or set "
+                "RESPONSE_CACHE=off"
+            )
+            log.warning("response cache off: %s", self.off)
+            return ""
+        if trigger:
+            table = validator.version_table(resource, schema)
+            log.info("response cache: validated by the version row of %s", table)
+            return validator.trigger_token_sql(resource, schema)
+        return validator.SNAPSHOT
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the bytes depend on besides the rows: the table and its columns, the page, and
+    the client's encoding preference (gzip when streamed, gzip by the body's size)."""
+
+    resource: Resource
+    schema: str | None
+    after: int
+    limit: int | None
+    encoding: tuple[bool, bool]
+
+
+def shape_of(
+    request: flask.Request, resource: Resource, schema: str | None, page: PageRequest
+) -> Shape:
+    accept = request.headers.get("Accept-Encoding")
+    encoding = (compression.use_gzip(accept, None), compression.use_gzip(accept, 0))
+    return Shape(resource, schema, page.after, page.limit, encoding)
+
+
+def make_etag(identity: Identity, token: str, shape: Shape) -> str:
+    """An ETag from what decides the bytes: server, token, request shape, format. Hashed:
+    it reveals nothing of the server, and it is the same on every instance. A streamed
+    listing sends it weak: its later pages are later statements (a write during the
+    transfer shows in them, and moves the token on for the next request)."""
+    text = repr((BODY_FORMAT, identity.system_id, identity.started, token, shape))
+    return '"' + hashlib.blake2b(text.encode(), digest_size=16).hexdigest() + '"'

@@ -1,0 +1,96 @@
+"""The validator: a token that is equal only while the served rows are exactly the same.
+
+In a read-committed statement, `pg_current_snapshot()` is that statement's own snapshot, the
+one its rows are read with. Any transaction that writes gets an xid and so changes the
+snapshot text once it commits (or aborts); an idle cluster keeps it. xid8 values never
+repeat on one server's history, so equal text on the same server means the same visible
+data. Snapshot text alone does not tell servers apart, so every token is read together with
+the server's identity: `system_identifier` (what a cluster and its base backups share) and
+`pg_postmaster_start_time()` (new at every restart or rewind; a promoted replica keeps its
+own, and never repeats its own snapshots).
+
+The render returns its token in the same statement as its rows (`render_sql`); a probe
+(`probe_sql`) returns the current one for the price of a round trip. `system_identifier`
+reads a file, so it is read once per physical connection, except behind a transaction
+pooler, where every statement may reach another server and so carries its own.
+
+With the opt-in trigger of sql/cache_version.sql, the token is instead the table's version
+row (bumped by every writing statement on the table) plus the table's and the trigger's
+catalog row versions: writes to other tables then no longer invalidate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.pool import PoolProxiedConnection
+
+from lib import statements
+from lib.resource import Resource
+
+SNAPSHOT = "pg_current_snapshot()::text"
+START_TIME = "pg_postmaster_start_time()::text"
+SYSTEM_ID = "(pg_control_system()).system_identifier::text"
+PRIVILEGES_SQL = (
+    "SELECT has_function_privilege('pg_control_system()', 'EXECUTE') "
+    "AND has_function_privilege('pg_current_snapshot()', 'EXECUTE') "
+    "AND has_function_privilege('pg_postmaster_start_time()', 'EXECUTE')"
+)
+_SYSTEM_ID_KEY = "validator.system_id"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which server, in which life, a token was read from."""
+
+    system_id: str
+    started: str
+
+
+def version_table(resource: Resource, schema: str | None) -> str:
+    """The opt-in trigger's version table, next to the served table (sql/cache_version.sql)."""
+    name = f"{resource.table}_version"
+    return f"{statements.literal(schema)}.{name}" if schema else name
+
+
+def trigger_token_sql(resource: Resource, schema: str | None) -> str:
+    """The trigger validator's token: NULL (never equal, so never served from the cache)
+    unless the version row exists and the trigger is enabled. The catalog rows' xmin change
+    with any ALTER TABLE or trigger change, which the version row would not see."""
+    table = statements.table_name(resource, schema)
+    return (
+        f"(SELECT 'v' || v.version || ':' || c.xmin || ':' || t.xmin "  # noqa: S608 - names from Resource
+        f"FROM {version_table(resource, schema)} v, pg_class c, pg_trigger t "
+        f"WHERE c.oid = '{table}'::regclass AND t.tgrelid = c.oid "
+        f"AND t.tgname = '{resource.table}_version_bump' AND t.tgenabled IN ('O', 'A'))"
+    )
+
+
+def has_trigger_sql(resource: Resource, schema: str | None) -> str:
+    """Whether the opt-in migration is installed and readable: one boolean."""
+    table = version_table(resource, schema)
+    return (
+        f"SELECT to_regclass('{table}') IS NOT NULL "
+        f"AND has_table_privilege(to_regclass('{table}'), 'SELECT')"
+    )
+
+
+def probe_sql(token: str, with_system_id: bool) -> str:
+    """(token, start time[, system_identifier]): the whole probe, one round trip."""
+    return f"SELECT {token}, {START_TIME}" + (f", {SYSTEM_ID}" if with_system_id else "")
+
+
+def render_sql(page_sql: str, token: str) -> str:
+    """(token, start time, system_identifier, the page's columns): the validator read in the
+    page's own statement. A render costs ~30x a probe, so reading the file that holds the
+    system_identifier is noise here."""
+    return f"SELECT {token}, {START_TIME}, {SYSTEM_ID}, page.* FROM ({page_sql}) AS page"  # noqa: S608 - our statements
+
+
+def remember(conn: PoolProxiedConnection, system_id: str) -> None:
+    """Keep the system_identifier with the physical connection (one server for its life)."""
+    conn.info[_SYSTEM_ID_KEY] = system_id
+
+
+def known_system_id(conn: PoolProxiedConnection) -> str | None:
+    return conn.info.get(_SYSTEM_ID_KEY)
