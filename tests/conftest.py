@@ -149,7 +149,13 @@ def make_app(
     built: list[object] = []
 
     def build(**env: str) -> object:
-        for key in ("DATABASE_URL", "INSTANCE_CONNECTION_NAME", "USERS_COLUMNS"):
+        for key in (
+            "DATABASE_URL",
+            "INSTANCE_CONNECTION_NAME",
+            "USERS_COLUMNS",
+            "RESPONSE_CACHE",
+            "RESPONSE_CACHE_MB",
+        ):
             monkeypatch.delenv(key, raising=False)
         env.setdefault("DATABASE_URL", postgres.admin_url)
         for key, value in env.items():
