@@ -58,14 +58,20 @@ def _ran_s(process: psutil.Process) -> float:
 class Monitor:
     """While a load runs: peak RSS of the server, peak connections it holds, PostgreSQL CPU."""
 
-    def __init__(self, running: Running, admin_url: str, postgres: EmbeddedPostgres) -> None:
+    def __init__(
+        self,
+        running: Running,
+        admin_url: str,
+        postgres: EmbeddedPostgres,
+        exclude: frozenset[int] = frozenset(),  # other backends not to count (a writer's)
+    ) -> None:
         self.running = running
         self.peak_connections, self.peak_rss = 0, 0.0
         self.start_rss = running.rss_mb()
         self._conn = seed.connect(admin_url)
         self._cursor = self._conn.cursor()
         self._cursor.execute("SELECT pg_backend_pid()")
-        self._cpu = PostgresCpu(postgres, exclude={self._cursor.fetchone()[0]})
+        self._cpu = PostgresCpu(postgres, exclude={self._cursor.fetchone()[0], *exclude})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.cpu_s = 0.0

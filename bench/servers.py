@@ -63,9 +63,16 @@ def prepare_next() -> None:
 class Running:
     """One server process on 127.0.0.1, its log in `logdir`."""
 
-    def __init__(self, server: Server, database_url: str, logdir: Path) -> None:
+    def __init__(
+        self,
+        server: Server,
+        database_url: str,
+        logdir: Path,
+        extra_env: dict[str, str] | None = None,
+        name: str | None = None,  # for the log file, when one server runs twice
+    ) -> None:
         self.server, self.port = server, free_port()
-        self.app_name = f"bench-{server.name}"
+        self.app_name = f"bench-{name or server.name}"
         self.url = f"http://127.0.0.1:{self.port}{server.path}"
         env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
         env.update(DB_APPLICATION_NAME=self.app_name, PGAPPNAME=self.app_name)
@@ -79,7 +86,8 @@ class Running:
             command = [functions_framework(), "--source", server.source, "--target", server.target]
             command += ["--host", "127.0.0.1", "--port", str(self.port)]
             cwd = ROOT
-        self.log = logdir / f"{server.name}.log"
+        env.update(extra_env or {})
+        self.log = logdir / f"{name or server.name}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT

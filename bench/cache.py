@@ -1,0 +1,293 @@
+"""The response cache's figures (docs/cache.md), side by side with the seed in one run.
+
+At 1,000 users: PostgreSQL CPU per request with an idle table, with another table written
+every few ms (every request misses), for a 304 revalidation and with the opt-in trigger
+validator; requests/s at 8 connections with and without the cache; what the trigger costs
+a writer; the function's RSS with its cache full. Writes the section "The response cache"
+of BENCHMARKS.md. Run alone with `python -m bench.cache`, or by `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import load as loads
+from bench import measure, plan, servers
+from bench.statements import pgbench_ms
+from devtools import seed
+from devtools.devdb import EmbeddedPostgres
+
+USERS = 1_000
+WRITE_EVERY_S = 0.005  # the busy cluster: another table written every 5 ms
+MIGRATION = servers.ROOT / "sql" / "cache_version.sql"
+SECTION = "## The response cache"
+INSERT = "INSERT INTO users (email, name, created_at) VALUES (md5(random()::text), 'w', now())"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    about: str
+    server: str  # a key of `servers_env`
+    connections: int
+    busy: bool = False  # another table written every WRITE_EVERY_S
+    revalidate: bool = False  # If-None-Match with the current ETag
+
+
+CASES = (
+    Case("seed_next", "the seed's route", "seed_next", 4),
+    Case("no_cache", "this function, RESPONSE_CACHE=off (as before the cache)", "no_cache", 4),
+    Case("cache_idle", "this function, cache on, the table unchanged", "cache", 4),
+    Case("cache_304", "cache on, If-None-Match with the current ETag", "cache", 4, revalidate=True),
+    Case("seed_next_busy", "the seed's route, writes elsewhere", "seed_next", 4, busy=True),
+    Case("no_cache_busy", "cache off, writes elsewhere", "no_cache", 4, busy=True),
+    Case("cache_busy", "cache on, writes elsewhere: every request misses", "cache", 4, busy=True),
+    Case(
+        "trigger_busy", "cache on, opt-in trigger validator, writes elsewhere", "trigger", 4, True
+    ),
+    Case("seed_next_c8", "the seed's route", "seed_next", 8),
+    Case("no_cache_c8", "cache off", "no_cache", 8),
+    Case("cache_c8", "cache on, the table unchanged", "cache", 8),
+)
+
+
+@dataclass
+class Figures:
+    rps: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # PostgreSQL CPU per request
+    errors: int = 0
+
+    def median(self, values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
+
+@contextlib.contextmanager
+def writer(url: str) -> Iterator[int]:
+    """Write another table every WRITE_EVERY_S while inside; yields its backend's pid (its
+    own CPU is not the function's cost)."""
+    conn = seed.connect(url)
+    cursor = conn.cursor()
+    cursor.execute("CREATE TABLE IF NOT EXISTS elsewhere (n int)")
+    cursor.execute("SELECT pg_backend_pid()")
+    pid = cursor.fetchone()[0]
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(WRITE_EVERY_S):
+            cursor.execute("INSERT INTO elsewhere VALUES (1)")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield pid
+    finally:
+        stop.set()
+        thread.join(5)
+        cursor.execute("TRUNCATE elsewhere")
+        conn.close()
+
+
+def etag(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback
+        return response.headers["ETag"]
+
+
+def health(url: str) -> dict:
+    base = url.rsplit("/", 1)[0]
+    with urllib.request.urlopen(f"{base}/healthz", timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())["cache"]
+
+
+def fill(url: str, max_requests: int = 3000) -> tuple[dict, int]:
+    """Distinct pages, raw and gzip, until the cache holds ~its bound (or `max_requests`);
+    its /healthz and the requests sent."""
+    n = 0
+    for n in range(max_requests):
+        gz = loads.GZIP if n % 2 else {}
+        page = f"{url}?limit={1 + n % 1000}"
+        request = urllib.request.Request(page, headers=gz)  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            response.read()
+        if n % 50 == 0 and (state := health(url))["bytes"] >= 0.9 * state["max_bytes"]:
+            return state, n + 1
+    return health(url), n + 1
+
+
+def run(rounds: int, seconds: float, load: loads.Load, no_node: bool) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-cache"))
+    postgres = EmbeddedPostgres(workdir / "data").start()
+    running: dict[str, servers.Running] = {}
+    figures = {case.name: Figures() for case in CASES}
+    cases = [c for c in CASES if not (no_node and c.server == "seed_next")]
+    extra: dict[str, float] = {}
+    try:
+        admin = seed.connect(postgres.url())
+        seed.create_schema(admin)
+        seed.seed_users(admin, USERS, progress=False)
+        seed.create_reader(admin, "bench")
+        url = postgres.url(user=seed.READER_ROLE, password="bench")
+        users = plan.SERVERS["users"]
+        if not no_node:
+            running["seed_next"] = servers.Running(plan.SERVERS["seed_next"], url, workdir)
+        running["no_cache"] = servers.Running(
+            users, url, workdir, {"RESPONSE_CACHE": "off"}, "no_cache"
+        )
+        running["cache"] = servers.Running(users, url, workdir, {}, "cache")
+        for name in running:  # first requests: snapshot validators found before the trigger
+            loads.response_body(running[name].url, {})
+        admin.cursor().execute(MIGRATION.read_text())
+        running["trigger"] = servers.Running(users, url, workdir, {}, "trigger")
+        loads.response_body(running["trigger"].url, {})
+        if health(running["trigger"].url)["validators"] != {"users": "trigger"}:
+            raise servers.ServerFailed("the trigger validator was not found")
+        for round_no in range(rounds):
+            for case in cases:
+                server = running[case.server]
+                headers = {"If-None-Match": etag(server.url)} if case.revalidate else {}
+                with contextlib.ExitStack() as stack:
+                    exclude = {stack.enter_context(writer(postgres.url()))} if case.busy else set()
+                    monitor = stack.enter_context(
+                        measure.Monitor(server, postgres.url(), postgres, frozenset(exclude))
+                    )
+                    r = load(server.url, case.connections, seconds, headers)
+                f = figures[case.name]
+                f.rps.append(r.rps)
+                f.cpu_ms.append(monitor.cpu_s * 1000 / max(r.requests, 1))
+                f.errors += r.errors
+                print(
+                    f"cache round {round_no + 1} {case.name:15s} {r.rps:8.1f} req/s "
+                    f"pg cpu {f.cpu_ms[-1]:.3f} ms/req errors {r.errors}",
+                    flush=True,
+                )
+        state = health(running["cache"].url)
+        extra["hit_rate_idle"] = state["recent_hit_rate"] or 0.0
+        for server in running.values():
+            server.stop()
+        running.clear()
+        fresh = servers.Running(users, url, workdir, {}, "cache_full")
+        running["cache_full"] = fresh
+        loads.response_body(fresh.url, {})
+        extra["rss_start_mb"] = fresh.rss_mb()
+        full, sent = fill(fresh.url)
+        extra["rss_full_mb"] = fresh.rss_mb()
+        extra["cache_bytes_mb"] = full["bytes"] / 2**20
+        extra["cache_entries"] = full["entries"]
+        off = servers.Running(users, url, workdir, {"RESPONSE_CACHE": "off"}, "cache_off_fill")
+        running["cache_off_fill"] = off
+        loads.response_body(off.url, {})
+        extra["rss_off_start_mb"] = off.rss_mb()
+        fill(off.url, sent)
+        extra["rss_off_mb"] = off.rss_mb()
+        extra["insert_trigger_ms"] = pgbench_ms(postgres, INSERT, 3000)
+        admin.cursor().execute("DROP TABLE users_version CASCADE")
+        admin.cursor().execute("DROP FUNCTION users_version_bump() CASCADE")
+        extra["insert_plain_ms"] = pgbench_ms(postgres, INSERT, 3000)
+        admin.close()
+    finally:
+        for server in running.values():
+            server.stop()
+        postgres.stop("immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+    return render(figures, extra, cases, rounds, seconds)
+
+
+def render(
+    figures: dict[str, Figures], extra: dict[str, float], cases: list[Case], rounds: int, s: float
+) -> str:
+    def cpu(name: str) -> float:
+        return figures[name].median(figures[name].cpu_ms)
+
+    def rps(name: str) -> float:
+        return figures[name].median(figures[name].rps)
+
+    def ratio(a: str, b: str, of=cpu) -> str:
+        if b not in figures or not figures[b].cpu_ms:
+            return "-"
+        return f"{of(a) / of(b):.2f}x"
+
+    lines = [
+        SECTION,
+        "",
+        f"Written by `python -m bench.cache` (also run by `make bench`): {USERS:,} users, "
+        f"{rounds} interleaved rounds of {s:g} s per case, medians. PG CPU ms/req as above "
+        "(the writer's own backend left out); **x seed** is over the seed's route in the same "
+        "conditions (idle, busy, or 8 connections).",
+        "",
+        "| case | conns | req/s | PG CPU ms/req | x seed (CPU) | x seed (req/s) | errors |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for case in cases:
+        seed_case = (
+            "seed_next_busy"
+            if case.busy
+            else "seed_next_c8"
+            if case.connections == 8
+            else "seed_next"
+        )
+        lines.append(
+            f"| {case.name}: {case.about} | {case.connections} | {rps(case.name):,.1f} | "
+            f"{cpu(case.name):.3f} | {ratio(case.name, seed_case)} | "
+            f"{ratio(case.name, seed_case, rps)} | {figures[case.name].errors} |"
+        )
+    plain, trig = extra.get("insert_plain_ms"), extra.get("insert_trigger_ms")
+    lines += [
+        "",
+        f"- A writer's single-row INSERT into `users` (pgbench, one client): {plain:.3f} ms "
+        f"without the trigger, {trig:.3f} ms with sql/cache_version.sql "
+        f"(+{(trig - plain):.3f} ms, {trig / plain:.2f}x); writers of `users` also queue on "
+        "the version row until each commits.",
+        f"- RSS of the function (gunicorn master + worker): {extra['rss_start_mb']:.0f} MB after "
+        f"its first request, {extra['rss_full_mb']:.0f} MB with the cache full "
+        f"({extra['cache_bytes_mb']:.1f} MiB in {extra['cache_entries']:.0f} entries, "
+        f"bound RESPONSE_CACHE_MB=16); the same requests with the cache off: "
+        f"{extra['rss_off_start_mb']:.0f} MB, then {extra['rss_off_mb']:.0f} MB.",
+        f"- Recent hit rate of the idle run's cache (from /healthz): {extra['hit_rate_idle']:.2f}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path) -> None:
+    """Put the section into BENCHMARKS.md, in place of the one there."""
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
+    doc = (
+        pattern.sub(text.rstrip("\n"), doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
+    )
+    path.write_text(doc.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--no-node", action="store_true")
+    parser.add_argument("--python-client", action="store_true")
+    parser.add_argument("--out", default=str(servers.ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    use_wrk = loads.wrk_installed() and not args.python_client
+    no_node = args.no_node or servers.node_missing() is not None
+    if not no_node:
+        servers.prepare_next()
+    started = time.monotonic()
+    text = run(args.rounds, args.seconds, loads.load_wrk if use_wrk else loads.load_python, no_node)
+    text = text.replace("medians.", f"medians ({time.monotonic() - started:.0f} s).", 1)
+    write_section(text, Path(args.out))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
