@@ -28,6 +28,7 @@ from bench import measure, plan, servers
 from bench.statements import pgbench_ms
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
+from lib import validator
 
 USERS = 1_000
 WRITE_EVERY_S = 0.005  # the busy cluster: another table written every 5 ms
@@ -110,7 +111,7 @@ def health(url: str) -> dict:
         return json.loads(response.read())["cache"]
 
 
-def fill(url: str, max_requests: int = 3000) -> tuple[dict, int]:
+def fill(url: str, max_requests: int = 3000, until_full: bool = True) -> tuple[dict, int]:
     """Distinct pages, raw and gzip, until the cache holds ~its bound (or `max_requests`);
     its /healthz and the requests sent."""
     n = 0
@@ -120,12 +121,16 @@ def fill(url: str, max_requests: int = 3000) -> tuple[dict, int]:
         request = urllib.request.Request(page, headers=gz)  # noqa: S310 - loopback
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             response.read()
-        if n % 50 == 0 and (state := health(url))["bytes"] >= 0.9 * state["max_bytes"]:
+        if (
+            until_full
+            and n % 50 == 0
+            and (state := health(url))["bytes"] >= 0.9 * state["max_bytes"]
+        ):
             return state, n + 1
     return health(url), n + 1
 
 
-def run(rounds: int, seconds: float, load: loads.Load, no_node: bool) -> str:
+def run(rounds: int, seconds: float, load: loads.Load, no_node: bool, transactions: int) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="bench-cache"))
     postgres = EmbeddedPostgres(workdir / "data").start()
     running: dict[str, servers.Running] = {}
@@ -188,12 +193,17 @@ def run(rounds: int, seconds: float, load: loads.Load, no_node: bool) -> str:
         running["cache_off_fill"] = off
         loads.response_body(off.url, {})
         extra["rss_off_start_mb"] = off.rss_mb()
-        fill(off.url, sent)
+        fill(off.url, sent, until_full=False)
         extra["rss_off_mb"] = off.rss_mb()
-        extra["insert_trigger_ms"] = pgbench_ms(postgres, INSERT, 3000)
+        for name, with_id in (("probe_ms", False), ("probe_pooler_ms", True)):
+            extra[name] = pgbench_ms(
+                postgres, validator.probe_sql(validator.SNAPSHOT, with_id), 5000
+            )
+        extra["select_1_ms"] = pgbench_ms(postgres, "SELECT 1", transactions)
+        extra["insert_trigger_ms"] = pgbench_ms(postgres, INSERT, transactions)
         admin.cursor().execute("DROP TABLE users_version CASCADE")
         admin.cursor().execute("DROP FUNCTION users_version_bump() CASCADE")
-        extra["insert_plain_ms"] = pgbench_ms(postgres, INSERT, 3000)
+        extra["insert_plain_ms"] = pgbench_ms(postgres, INSERT, transactions)
         admin.close()
     finally:
         for server in running.values():
@@ -251,8 +261,11 @@ def render(
         f"- RSS of the function (gunicorn master + worker): {extra['rss_start_mb']:.0f} MB after "
         f"its first request, {extra['rss_full_mb']:.0f} MB with the cache full "
         f"({extra['cache_bytes_mb']:.1f} MiB in {extra['cache_entries']:.0f} entries, "
-        f"bound RESPONSE_CACHE_MB=16); the same requests with the cache off: "
+        f"bound RESPONSE_CACHE_MB's default); the same requests with the cache off: "
         f"{extra['rss_off_start_mb']:.0f} MB, then {extra['rss_off_mb']:.0f} MB.",
+        f"- The probe alone (pgbench latency, one client): {extra['probe_ms']:.3f} ms; behind a "
+        f"transaction pooler, with the system_identifier in every probe: "
+        f"{extra['probe_pooler_ms']:.3f} ms; `SELECT 1`: {extra['select_1_ms']:.3f} ms.",
         f"- Recent hit rate of the idle run's cache (from /healthz): {extra['hit_rate_idle']:.2f}.",
         "",
     ]
@@ -276,13 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-node", action="store_true")
     parser.add_argument("--python-client", action="store_true")
     parser.add_argument("--out", default=str(servers.ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--transactions", type=int, default=5000, help="per pgbench figure")
     args = parser.parse_args(argv)
     use_wrk = loads.wrk_installed() and not args.python_client
     no_node = args.no_node or servers.node_missing() is not None
     if not no_node:
         servers.prepare_next()
     started = time.monotonic()
-    text = run(args.rounds, args.seconds, loads.load_wrk if use_wrk else loads.load_python, no_node)
+    load = loads.load_wrk if use_wrk else loads.load_python
+    text = run(args.rounds, args.seconds, load, no_node, args.transactions)
     text = text.replace("medians.", f"medians ({time.monotonic() - started:.0f} s).", 1)
     write_section(text, Path(args.out))
     print(text)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import cache as cache_bench
 from bench import load as loads
 from bench import measure, plan, report, servers, statements
 from devtools import seed
@@ -31,6 +32,8 @@ def _skipped(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.only_cache:
+        return cache_bench.main(_cache_args(args))
     use_wrk = loads.wrk_installed() and not args.python_client
     load: loads.Load = loads.load_wrk if use_wrk else loads.load_python
     if not use_wrk and not args.python_client:
@@ -88,7 +91,15 @@ def run(args: argparse.Namespace) -> int:
         (out / "bench").mkdir(exist_ok=True)
         report.chart(result, out / "bench" / "chart.png")
     print(text)
-    return 0
+    return 0 if args.no_cache_bench else cache_bench.main(_cache_args(args))
+
+
+def _cache_args(args: argparse.Namespace) -> list[str]:
+    """bench/cache.py's arguments from ours: its section goes into the same BENCHMARKS.md."""
+    extra = ["--no-node"] if args.no_node else []
+    extra += ["--python-client"] if args.python_client else []
+    out = str(Path(args.out) / "BENCHMARKS.md")
+    return ["--rounds", str(args.rounds), "--seconds", str(args.seconds), "--out", out, *extra]
 
 
 def _measure_size(
@@ -167,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--import-runs", type=int, default=9)
     parser.add_argument("--no-chart", action="store_true", help="skip the chart (no matplotlib)")
+    parser.add_argument("--no-cache-bench", action="store_true", help="leave out bench/cache.py")
+    parser.add_argument(
+        "--only-cache", action="store_true", help="only bench/cache.py's section of BENCHMARKS.md"
+    )
     try:
         return run(parser.parse_args(argv))
     except servers.ServerFailed as exc:

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 QUICK = ["--max-users", "10", "--rounds", "1", "--seconds", "1", "--python-client"]
-QUICK += ["--no-chart", "--no-node", "--import-runs", "1"]
+QUICK += ["--no-chart", "--no-node", "--import-runs", "1", "--no-cache-bench"]
 
 
 def test_bench_smoke(tmp_path):
@@ -40,6 +40,23 @@ def test_bench_smoke(tmp_path):
     assert re.search(r"10 users x 8 conns: users / seed req/s \| not measured", report)
     peak = re.search(r"peak DB connections of users, any cell \| ([\d.]+)", report)
     assert peak and 1 <= float(peak.group(1)) <= 5
+
+
+def test_cache_bench_smoke(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Targets\n\nkept\n")
+    command = [sys.executable, "-m", "bench.cache", "--rounds", "1", "--seconds", "1"]
+    command += ["--no-node", "--python-client", "--transactions", "200", "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = out.read_text()
+    assert "## Targets\n\nkept" in report and "## The response cache" in report
+    for case in ("no_cache", "cache_idle", "cache_304", "cache_busy", "trigger_busy"):
+        row = re.search(rf"^\| {case}: [^|]* \| 4 \|(.*)$", report, re.M)
+        assert row, case
+        rps, cpu, *_, errors = (cell.strip() for cell in row.group(1).split("|")[:-1])
+        assert float(rps.replace(",", "")) > 0 and float(cpu) > 0 and errors == "0", case
+    assert re.search(r"with the cache full \([\d.]+ MiB", report)
 
 
 def test_a_variant_whose_server_never_comes_up_fails_the_run(tmp_path, monkeypatch, capsys):

@@ -241,6 +241,6 @@ def test_bad_cache_settings_name_the_variable(env, message):
 
 
 def test_cache_settings_default_on_and_can_be_turned_off():
-    assert config.load({"DATABASE_URL": "postgresql://u@h/d"}).response_cache_bytes == 16 * 2**20
+    assert config.load({"DATABASE_URL": "postgresql://u@h/d"}).response_cache_bytes == 4 * 2**20
     off = config.load({"DATABASE_URL": "postgresql://u@h/d", "RESPONSE_CACHE": "off"})
     assert off.response_cache_bytes == 0
