@@ -23,6 +23,7 @@ import pytest
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
 from tests.conftest import free_port, insert_users
+from tests.pgbouncer import PgBouncer
 from tests.relay import Relay
 from tests.test_connect_url import world_dir
 
@@ -252,3 +253,27 @@ def test_under_concurrent_readers_a_committed_write_shows_on_the_very_next_reque
     assert iterations >= 100 and not errors
     log = function.output()
     assert '"cache":"hit"' in log  # the readers were served from the cache meanwhile
+
+
+def test_behind_a_transaction_pooler_another_server_is_another_key(directory, relay, make_app):
+    """The function's connection to PgBouncer outlives the server behind it: the identity
+    comes with every probe, so a new server is a new key."""
+    first, second = fresh_cluster(directory, "pooled1"), fresh_cluster(directory, "pooled2")
+    try:
+        users(first.url(), "first@a.example")
+        users(second.url(), "second@b.example")
+        same_snapshot(first.url(), second.url())
+        point(relay, first)
+        with PgBouncer(relay.port, "postgres", "postgres", pool_mode="transaction") as bouncer:
+            client = make_app(DATABASE_URL=bouncer.url("pgbouncer=true")).test_client()
+            assert served(client)[1:] == (["first@a.example"], "miss")
+            assert served(client)[1:] == (["first@a.example"], "hit")
+            assert client.get("/healthz").get_json()["database"]["transaction_pooler"]
+            point(relay, second)
+            answers = [served(client) for _ in range(5)]
+        ok = [a for a in answers if a[0] == 200]  # PgBouncer may report its cut connection once
+        assert ok and ok[0][1:] == (["second@b.example"], "miss")
+        assert all(a[1] == ["second@b.example"] for a in ok)
+    finally:
+        first.stop("immediate")
+        second.stop("immediate")
