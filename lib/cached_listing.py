@@ -130,7 +130,7 @@ class CachedListings:
         stats.pool_wait_ms += (time.perf_counter() - started) * 1000
         try:
             started = time.perf_counter()
-            known = None if db.session.pooler else validator.known_system_id(conn)
+            known = validator.trusted_system_id(conn, db.session.pooler is not None)
             [row] = db.fetch(conn, validator.probe_sql(token_sql, with_system_id=known is None))
             if known is None:
                 validator.remember(conn, row[2])

@@ -89,11 +89,13 @@ def fetch_page(
     if token_sql is None:
         [(rows, last_id, text, more)] = db.fetch(conn, sql)
         return Page(rows=rows, last_id=last_id, json=text, more=more)
+    known = validator.trusted_system_id(conn, db.session.pooler is not None)
     [(token, started, system_id, rows, last_id, text, more)] = db.fetch(
-        conn, validator.render_sql(sql, token_sql)
+        conn, validator.render_sql(sql, token_sql, with_system_id=known is None)
     )
-    validator.remember(conn, system_id)
-    identity = Identity(system_id=system_id, started=started)
+    if known is None:
+        validator.remember(conn, system_id)
+    identity = Identity(system_id=known or system_id, started=started)
     return Page(rows, last_id, text, more, identity, token)
 
 

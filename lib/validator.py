@@ -80,17 +80,20 @@ def probe_sql(token: str, with_system_id: bool) -> str:
     return f"SELECT {token}, {START_TIME}" + (f", {SYSTEM_ID}" if with_system_id else "")
 
 
-def render_sql(page_sql: str, token: str) -> str:
-    """(token, start time, system_identifier, the page's columns): the validator read in the
-    page's own statement. A render costs ~30x a probe, so reading the file that holds the
-    system_identifier is noise here."""
-    return f"SELECT {token}, {START_TIME}, {SYSTEM_ID}, page.* FROM ({page_sql}) AS page"  # noqa: S608 - our statements
+def render_sql(page_sql: str, token: str, with_system_id: bool) -> str:
+    """(token, start time, system_identifier or NULL, the page's columns): the validator read
+    in the page's own statement."""
+    system_id = SYSTEM_ID if with_system_id else "NULL"
+    return f"SELECT {token}, {START_TIME}, {system_id}, page.* FROM ({page_sql}) AS page"  # noqa: S608 - our statements
+
+
+def trusted_system_id(conn: PoolProxiedConnection, pooler: bool) -> str | None:
+    """The connection's system_identifier if known and valid for the next statement (not
+    behind a transaction pooler, where each statement may reach another server), else None:
+    then the statement reads it."""
+    return None if pooler else conn.info.get(_SYSTEM_ID_KEY)
 
 
 def remember(conn: PoolProxiedConnection, system_id: str) -> None:
     """Keep the system_identifier with the physical connection (one server for its life)."""
     conn.info[_SYSTEM_ID_KEY] = system_id
-
-
-def known_system_id(conn: PoolProxiedConnection) -> str | None:
-    return conn.info.get(_SYSTEM_ID_KEY)
