@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from devtools.devdb import EmbeddedPostgres
 from lib import validator
 
 USERS = 1_000
-WRITE_EVERY_S = 0.005  # the busy cluster: another table written every 5 ms
+WRITE_EVERY_S = 0.001  # the busy cluster: another table written every ms (~every request)
 MIGRATION = servers.ROOT / "sql" / "cache_version.sql"
 SECTION = "## The response cache"
 INSERT = "INSERT INTO users (email, name, created_at) VALUES (md5(random()::text), 'w', now())"
@@ -69,6 +70,7 @@ class Figures:
     rps: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)  # PostgreSQL CPU per request
     errors: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # the cache's, from the log lines
 
     def median(self, values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
@@ -98,6 +100,13 @@ def writer(url: str) -> Iterator[int]:
         thread.join(5)
         cursor.execute("TRUNCATE elsewhere")
         conn.close()
+
+
+def outcomes(log: Path, offset: int) -> Counter[str]:
+    """What the cache did for each request logged past `offset`: hit, miss, skip, off."""
+    with log.open("rb") as file:
+        file.seek(offset)
+        return Counter(re.findall(r'"cache":"(\w+)"', file.read().decode(errors="replace")))
 
 
 def etag(url: str) -> str:
@@ -166,8 +175,10 @@ def run(rounds: int, seconds: float, load: loads.Load, no_node: bool, transactio
                     monitor = stack.enter_context(
                         measure.Monitor(server, postgres.url(), postgres, frozenset(exclude))
                     )
+                    logged = server.log.stat().st_size
                     r = load(server.url, case.connections, seconds, headers)
                 f = figures[case.name]
+                f.outcomes.update(outcomes(server.log, logged))
                 f.rps.append(r.rps)
                 f.cpu_ms.append(monitor.cpu_s * 1000 / max(r.requests, 1))
                 f.errors += r.errors
@@ -233,10 +244,12 @@ def render(
         f"Written by `python -m bench.cache` (also run by `make bench`): {USERS:,} users, "
         f"{rounds} interleaved rounds of {s:g} s per case, medians. PG CPU ms/req as above "
         "(the writer's own backend left out); **x seed** is over the seed's route in the same "
-        "conditions (idle, busy, or 8 connections).",
+        "conditions (idle, busy, or 8 connections). Busy: another table written every "
+        f"{WRITE_EVERY_S * 1000:g} ms; the cache's outcomes come from the function's log lines.",
         "",
-        "| case | conns | req/s | PG CPU ms/req | x seed (CPU) | x seed (req/s) | errors |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| case | conns | req/s | PG CPU ms/req | x seed (CPU) | x seed (req/s) "
+        "| cache hit/miss/skip % | errors |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for case in cases:
         seed_case = (
@@ -249,7 +262,8 @@ def render(
         lines.append(
             f"| {case.name}: {case.about} | {case.connections} | {rps(case.name):,.1f} | "
             f"{cpu(case.name):.3f} | {ratio(case.name, seed_case)} | "
-            f"{ratio(case.name, seed_case, rps)} | {figures[case.name].errors} |"
+            f"{ratio(case.name, seed_case, rps)} | {shares(figures[case.name].outcomes)} | "
+            f"{figures[case.name].errors} |"
         )
     plain, trig = extra.get("insert_plain_ms"), extra.get("insert_trigger_ms")
     lines += [
@@ -270,6 +284,13 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def shares(counts: Counter[str]) -> str:
+    total = sum(counts[k] for k in ("hit", "miss", "skip"))
+    if not total:
+        return "-"
+    return "/".join(f"{100 * counts[k] / total:.0f}" for k in ("hit", "miss", "skip"))
 
 
 def write_section(text: str, path: Path) -> None:
