@@ -22,7 +22,7 @@ LISTINGS = CachedListings(SETTINGS)  # this process's response cache (docs/cache
 
 @functions_framework.http
 @responses.unread_body
-@telemetry.logged(DB.pool_state)
+@telemetry.logged(DB.pool_state, SETTINGS.project)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":

@@ -27,7 +27,7 @@ from lib import compression, responses, validator
 from lib.cache import Entry, ResponseCache
 from lib.config import Settings
 from lib.engine import Database
-from lib.failures import ConnectionLost
+from lib.errors import ConnectionLost
 from lib.listing import open_listing
 from lib.paging import PageRequest
 from lib.resource import Resource

@@ -21,11 +21,12 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import statements, telemetry, validator
 from lib.engine import Database
-from lib.failures import ConnectionLost
+from lib.errors import ConfigError, ConnectionLost, ServerError
 from lib.paging import PageRequest
 from lib.resource import Resource
 from lib.validator import Identity
 
+UNDEFINED_COLUMN = "42703"
 PAGE_ROWS = 5000  # rows per round trip when streaming every row (~0.5 MB of users' JSON)
 
 # The (resource, schema) pairs whose columns each Database has found: checked on first use,
@@ -86,13 +87,20 @@ def fetch_page(
     """One page in one round trip (no bind parameters: pg8000 then uses simple query), with
     the validator's token read in the same statement when `token_sql` is given."""
     sql = statements.page_sql(resource, schema, after, limit)
-    if token_sql is None:
-        [(rows, last_id, text, more)] = db.fetch(conn, sql)
-        return Page(rows=rows, last_id=last_id, json=text, more=more)
-    known = validator.trusted_system_id(conn, db.session.pooler is not None)
-    [(token, started, system_id, rows, last_id, text, more)] = db.fetch(
-        conn, validator.render_sql(sql, token_sql, with_system_id=known is None)
-    )
+    try:
+        if token_sql is None:
+            [(rows, last_id, text, more)] = db.fetch(conn, sql)
+            return Page(rows=rows, last_id=last_id, json=text, more=more)
+        known = validator.trusted_system_id(conn, db.session.pooler is not None)
+        [(token, started, system_id, rows, last_id, text, more)] = db.fetch(
+            conn, validator.render_sql(sql, token_sql, with_system_id=known is None)
+        )
+    except ServerError as exc:
+        if exc.sqlstate == UNDEFINED_COLUMN:  # dropped since the columns were checked
+            raise ConfigError(
+                resource.columns_setting, f"{exc.message}: the table no longer has it"
+            ) from exc
+        raise
     if known is None:
         validator.remember(conn, system_id)
     identity = Identity(system_id=known or system_id, started=started)

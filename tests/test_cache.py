@@ -12,7 +12,7 @@ import pytest
 from devtools import seed
 from lib import cache, compression, config, listing
 from lib.cache import Entry, ResponseCache
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 from tests.conftest import insert_users
 
 MIGRATION = Path(__file__).resolve().parents[1] / "sql" / "cache_version.sql"
