@@ -1,8 +1,9 @@
 """Rendered responses kept in memory, bounded in bytes, and whether probing still pays.
 
 An entry is one response's body (raw, and gzip once a client asked for it) with the
-validator token it was rendered at; its key names the server and the request's shape
-(lib/cached_listing.py). Nothing here does I/O or decides freshness: the caller serves an
+validator token it was rendered at; its key is (the server, the request's shape)
+(lib/cached_listing.py). A request whose shape no entry holds skips the probe: it could only
+miss. Nothing here does I/O or decides freshness: the caller serves an
 entry only when a probe or render just read the same token from the same server.
 
 A probe costs a round trip; it pays only when it often finds the token unchanged. When
@@ -14,7 +15,7 @@ the stored one), so the hit rate keeps being measured and probing resumes when i
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,13 +47,18 @@ class ResponseCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[Hashable, Hashable], Entry] = OrderedDict()
+        self._shapes: Counter[Hashable] = Counter()  # entries held for each request shape
         self._bytes = 0
         self._recent: deque[bool] = deque(maxlen=WINDOW)
         self._hits = self._misses = self._skipped = 0
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, token: str) -> Entry | None:
+    def holds(self, shape: Hashable) -> bool:
+        """Whether any entry (from any server) answers this request shape."""
+        return self._shapes[shape] > 0
+
+    def get(self, key: tuple[Hashable, Hashable], token: str) -> Entry | None:
         """The entry for `key` if it was rendered at `token`, else None."""
         with self._lock:
             entry = self._entries.get(key)
@@ -66,22 +72,25 @@ class ResponseCache:
         with self._lock:
             self._count(hit)
 
-    def rendered(self, key: Hashable, entry: Entry) -> None:
+    def rendered(self, key: tuple[Hashable, Hashable], entry: Entry) -> None:
         """Store a fresh render; if it replaces one at the same token, a probe would have hit
         (counted, so the rate is measured while probes are skipped). Too big: not kept."""
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._bytes -= old.size
+                self._forget(key, old)
                 if self._skipping():
                     self._count(old.token == entry.token)
             if entry.size > self.max_bytes:
                 return
             self._entries[key] = entry
             self._bytes += entry.size
+            self._shapes[key[1]] += 1
             self._evict()
 
-    def add_gzip(self, key: Hashable, entry: Entry, gzip: Callable[[bytes], bytes]) -> bytes:
+    def add_gzip(
+        self, key: tuple[Hashable, Hashable], entry: Entry, gzip: Callable[[bytes], bytes]
+    ) -> bytes:
         """The entry's gzip body, compressed once and kept with it."""
         body = entry.gzip
         if body is None:
@@ -128,5 +137,10 @@ class ResponseCache:
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and self._entries:
-            _, old = self._entries.popitem(last=False)
-            self._bytes -= old.size
+            self._forget(*self._entries.popitem(last=False))
+
+    def _forget(self, key: tuple[Hashable, Hashable], old: Entry) -> None:
+        self._bytes -= old.size
+        self._shapes[key[1]] -= 1
+        if not self._shapes[key[1]]:
+            del self._shapes[key[1]]

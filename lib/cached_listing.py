@@ -67,7 +67,9 @@ class CachedListings:
             listing = open_listing(db, resource, schema, page)
             return responses.listing_json(request, listing, page)
         shape = shape_of(request, resource, schema, page)
-        if self.cache.should_probe():
+        if not self.cache.holds(shape) and not request.if_none_match:
+            stats.cache = "miss"  # nothing a probe could find: render at once
+        elif self.cache.should_probe():
             identity, token = self._probe(db, token_sql, stats)
             if token is not None:
                 key, etag = (identity, shape), make_etag(identity, token, shape)
@@ -143,21 +145,25 @@ class CachedListings:
 
     def _validator(self, db: Database, resource: Resource, schema: str | None) -> str | None:
         """The token SQL to read for this table, found once per process: the opt-in
-        trigger's if installed, else the snapshot; None (and one log line) when off."""
+        trigger's if installed, else the snapshot; None (and one log line) when off. While
+        one request finds it, the others at that moment are served uncached, not held."""
         if self.off:
             return None
         found = self._found.get((resource, schema))
         if found is None:
-            with self._lock:
+            if not self._lock.acquire(blocking=False):
+                return None
+            try:
                 found = self._found.get((resource, schema)) or self._find(db, resource, schema)
                 self._found[(resource, schema)] = found
+            finally:
+                self._lock.release()
         return found if self.off is None else None
 
     def _find(self, db: Database, resource: Resource, schema: str | None) -> str:
         conn = db.checkout()
         try:
-            [(allowed,)] = db.fetch(conn, validator.PRIVILEGES_SQL)
-            [(trigger,)] = db.fetch(conn, validator.has_trigger_sql(resource, schema))
+            [(allowed, trigger)] = db.fetch(conn, validator.find_sql(resource, schema))
         finally:
             db.release(conn)
         if not allowed:

@@ -31,11 +31,6 @@ from lib.resource import Resource
 SNAPSHOT = "pg_current_snapshot()::text"
 START_TIME = "pg_postmaster_start_time()::text"
 SYSTEM_ID = "(pg_control_system()).system_identifier::text"
-PRIVILEGES_SQL = (
-    "SELECT has_function_privilege('pg_control_system()', 'EXECUTE') "
-    "AND has_function_privilege('pg_current_snapshot()', 'EXECUTE') "
-    "AND has_function_privilege('pg_postmaster_start_time()', 'EXECUTE')"
-)
 _SYSTEM_ID_KEY = "validator.system_id"
 
 
@@ -66,11 +61,15 @@ def trigger_token_sql(resource: Resource, schema: str | None) -> str:
     )
 
 
-def has_trigger_sql(resource: Resource, schema: str | None) -> str:
-    """Whether the opt-in migration is installed and readable: one boolean."""
+def find_sql(resource: Resource, schema: str | None) -> str:
+    """One round trip: (may the role run the validator's functions, is the opt-in migration
+    installed and readable)."""
     table = version_table(resource, schema)
     return (
-        f"SELECT to_regclass('{table}') IS NOT NULL "
+        "SELECT has_function_privilege('pg_control_system()', 'EXECUTE') "
+        "AND has_function_privilege('pg_current_snapshot()', 'EXECUTE') "
+        "AND has_function_privilege('pg_postmaster_start_time()', 'EXECUTE'), "
+        f"to_regclass('{table}') IS NOT NULL "
         f"AND has_table_privilege(to_regclass('{table}'), 'SELECT')"
     )
 

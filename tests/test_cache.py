@@ -65,8 +65,10 @@ def test_a_cached_body_is_byte_identical_to_a_fresh_render(admin, make_app, path
 def test_a_hit_costs_the_probe_alone_and_a_write_renders_at_once(admin, make_app, capsys):
     insert_users(admin, ROWS)
     client = make_app().test_client()
-    client.get("/?limit=10")
+    client.get("/")  # finds the validator
     capsys.readouterr()
+    client.get("/?limit=10")  # no entry for this request yet: no probe, the render alone
+    assert request_line(capsys.readouterr().out)["queries"] == 1
     assert cache_of(client.get("/?limit=10")) == "hit"
     assert request_line(capsys.readouterr().out)["queries"] == 1
     insert_users(admin, [("new@example.com", "New", "2024-05-01T00:00:00Z")])
@@ -207,22 +209,24 @@ def test_healthz_reports_the_cache_bytes_and_hit_rate(admin, make_app):
     health = client.get("/healthz").get_json()["cache"]
     assert health["max_bytes"] == 2 * 2**20 and health["entries"] == 1
     assert health["bytes"] == len(body) + cache.ENTRY_OVERHEAD
-    assert (health["hits"], health["misses"], health["recent_hit_rate"]) == (1, 1, 0.5)
+    assert (health["hits"], health["misses"], health["recent_hit_rate"]) == (1, 0, 1.0)
 
 
 def test_the_lru_stays_within_its_bytes_and_keeps_nothing_bigger():
     lru = ResponseCache(max_bytes=3 * (1000 + cache.ENTRY_OVERHEAD))
-    for key in "abc":
+    a, b, c, d, big = ((server, shape) for server, shape in zip("SSSTS", "abcde", strict=True))
+    for key in (a, b, c):
         lru.rendered(key, Entry("t", b"x" * 1000))
-    assert lru.get("a", "t") is not None  # now the most recent
-    lru.rendered("d", Entry("t", b"x" * 1000))
-    assert lru.get("b", "t") is None and lru.get("a", "t") is not None
-    assert lru.get("a", "other token") is None
-    lru.rendered("big", Entry("t", b"x" * 5000))
-    assert lru.get("big", "t") is None
+    assert lru.get(a, "t") is not None  # now the most recent
+    lru.rendered(d, Entry("t", b"x" * 1000))
+    assert lru.get(b, "t") is None and lru.get(a, "t") is not None
+    assert not lru.holds("b") and lru.holds("d")
+    assert lru.get(a, "other token") is None
+    lru.rendered(big, Entry("t", b"x" * 5000))
+    assert lru.get(big, "t") is None and not lru.holds("e")
     assert lru.health()["bytes"] <= lru.max_bytes
-    entry = lru.get("a", "t")
-    packed = lru.add_gzip("a", entry, compression.compress)
+    entry = lru.get(a, "t")
+    packed = lru.add_gzip(a, entry, compression.compress)
     assert entry.gzip == packed and gzip.decompress(packed) == b"x" * 1000
     assert lru.health()["bytes"] <= lru.max_bytes
 

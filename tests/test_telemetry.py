@@ -44,8 +44,8 @@ def test_one_structured_line_per_request_with_trace_and_pool_state(
         == "projects/my-proj/traces/0af7651916cd43dd8448eb211c80319c"
     )
     assert line["logging.googleapis.com/spanId"] == f"{123:016x}"
-    # A first request: the cache's probe, then the render.
-    assert (line["rows"], line["queries"], line["bytes"]) == (5, 2, len(response.data))
+    # A first request: nothing in the cache, so no probe, the render alone.
+    assert (line["rows"], line["queries"], line["bytes"]) == (5, 1, len(response.data))
     assert line["cache"] == "miss"
     assert (
         line["pool"]["in_use"] == 0 and line["pool"]["idle"] == 1 and line["pool"]["waiting"] == 0
@@ -68,7 +68,7 @@ def test_streamed_response_is_logged_once_complete(admin, make_app, capsys, monk
     body = response.data
     response.close()  # what the WSGI server does after the last byte
     [line] = request_lines(capsys.readouterr().out)
-    assert (line["rows"], line["queries"], line["bytes"]) == (10, 4, len(body))  # probe + 3
+    assert (line["rows"], line["queries"], line["bytes"]) == (10, 3, len(body))
 
 
 def test_failures_are_logged_as_warnings_without_secrets(admin, make_app, capsys):
