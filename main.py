@@ -13,6 +13,7 @@ from lib import config, responses, telemetry
 from lib.engine import Database
 from lib.listing import open_listing
 from lib.paging import PageRequest
+from lib.watch import Watch
 
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
@@ -27,7 +28,8 @@ def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":
         return responses.health(DB.pool_state(), DB.session.health())
     page = PageRequest.from_args(request.args)
-    listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page)
+    watch = Watch.of(request.environ, SETTINGS.request_timeout, SETTINGS.client_idle_timeout)
+    listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page, watch)
     return responses.listing_json(request, listing, page)
 
 

@@ -65,6 +65,8 @@ class Settings:
     url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
     schema: str | None = None  # the served table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
+    request_timeout: float = 60.0  # REQUEST_TIMEOUT: past it, a running statement is cancelled
+    client_idle_timeout: float = 30.0  # CLIENT_IDLE_TIMEOUT: a client reading nothing is cut
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -100,6 +102,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "idle_timeout": _float(env, "DB_IDLE_TIMEOUT", 10.0, allow_zero=True),
         "max_waiting": _int(env, "DB_MAX_WAITING", None, minimum=0),
         "transaction_pooler": _pooler(env.get("DB_TRANSACTION_POOLER", "")),
+        # Cloud Run functions' default --timeout: set it to the deployed one.
+        "request_timeout": _float(env, "REQUEST_TIMEOUT", 60.0),
+        "client_idle_timeout": _float(env, "CLIENT_IDLE_TIMEOUT", 30.0),
     }
     if has_url:
         return _with_url(database_url.parse(env["DATABASE_URL"].strip()), env, common)

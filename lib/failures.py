@@ -52,6 +52,15 @@ class PoolBusy(Exception):
     """Every connection is in use and DB_MAX_WAITING requests already wait for one."""
 
 
+class Cancelled(Exception):
+    """The request stopped its own work: `reason` is "client_left", "deadline" (past
+    REQUEST_TIMEOUT) or "client_idle" (lib/watch.py)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Failure:
     status: int
@@ -323,6 +332,11 @@ def may_pass(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> Failure:
     """The one table: exception -> status, code, message, retryable."""
+    if isinstance(exc, Cancelled):
+        if exc.reason == "deadline":
+            return Failure(504, "deadline_exceeded", "The request ran past its deadline.", False)
+        # 499 (nginx's "client closed request"): only the log ever sees it.
+        return Failure(499, "client_closed_request", "The client went away.", False, logging.INFO)
     if isinstance(exc, sa_exc.TimeoutError | PoolBusy):
         return Failure(
             503, "pool_exhausted", "All database connections are busy; retry shortly.", True

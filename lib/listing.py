@@ -24,6 +24,7 @@ from lib.engine import Database
 from lib.failures import ConnectionLost
 from lib.paging import PageRequest
 from lib.resource import Resource
+from lib.watch import CLIENT_LEFT, Watch
 
 PAGE_ROWS = 5000  # rows per round trip when streaming every row (~0.5 MB of users' JSON)
 
@@ -43,14 +44,19 @@ class Page:
 
 
 def open_listing(
-    db: Database, resource: Resource, schema: str | None, request: PageRequest
+    db: Database,
+    resource: Resource,
+    schema: str | None,
+    request: PageRequest,
+    watch: Watch | None = None,
 ) -> Listing:
-    """Fetch the first page; the rest is `Listing.rest()`.
+    """Fetch the first page; the rest is `Listing.rest()`. `watch` cancels a statement
+    whose client has left or whose deadline has passed (lib/watch.py).
 
     Holding the first page before the response starts means any database error on it
     still becomes a proper status code.
     """
-    listing = Listing(db, resource, schema)
+    listing = Listing(db, resource, schema, watch or Watch())
     listing.first = listing.page(request.after, request.limit or PAGE_ROWS)
     if request.limit is None and listing.first.more:
         listing.prefetch(listing.first)
@@ -91,8 +97,11 @@ class Listing:
 
     first: Page  # set by open_listing
 
-    def __init__(self, db: Database, resource: Resource, schema: str | None) -> None:
+    def __init__(
+        self, db: Database, resource: Resource, schema: str | None, watch: Watch | None = None
+    ) -> None:
         self.resource = resource
+        self.watch = watch or Watch()
         self._db = db
         self._schema = schema
         self._helper: futures.ThreadPoolExecutor | None = None
@@ -117,10 +126,12 @@ class Listing:
         try:
             checked = _checked.setdefault(self._db, set())
             if (self.resource, self._schema) not in checked:
-                check_columns(self._db, conn, self.resource, self._schema)
+                with self.watch.statement(conn):
+                    check_columns(self._db, conn, self.resource, self._schema)
                 checked.add((self.resource, self._schema))
             started = time.perf_counter()
-            page = fetch_page(self._db, conn, self.resource, self._schema, after, limit)
+            with self.watch.statement(conn):  # each statement: a cancel must not outlive it
+                page = fetch_page(self._db, conn, self.resource, self._schema, after, limit)
         finally:
             self._db.release(conn)
         self.stats.query_ms += (time.perf_counter() - started) * 1000
@@ -152,10 +163,12 @@ class Listing:
     def close(self) -> None:
         """Stop fetching ahead (idempotent; also called when the client leaves).
 
-        A page still being fetched finishes first (within statement_timeout) and gives its
-        connection back itself.
+        A page still being fetched is cancelled on the server, and gives its connection
+        back itself once its statement has ended.
         """
-        self._ahead = None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not ahead.done():
+            self.watch.cancel(CLIENT_LEFT)
         if self._helper is not None:
             helper, self._helper = self._helper, None
             helper.shutdown(wait=True)

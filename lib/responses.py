@@ -27,6 +27,7 @@ from lib import compression
 from lib.failures import RETRY_AFTER_S, classify, describe
 from lib.listing import Listing
 from lib.paging import BadRequest, PageRequest, encode_cursor
+from lib.watch import CLIENT_IDLE
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ ALLOWED_METHODS = ("GET", "HEAD")
 # must ask again each time (no-cache), when a matching ETag makes the answer a bodiless 304.
 LISTING_CACHE = "private, no-cache"
 NO_STORE = "no-store"  # errors and /healthz describe one moment: never reuse them
+# A streamed page goes to the server in slices: each one the client takes resets the idle
+# clock (CLIENT_IDLE_TIMEOUT), so a client that reads slowly but steadily is never cut.
+SLICE_BYTES = 64 * 1024
 
 
 class HttpError(Exception):
@@ -132,22 +136,36 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
         listing.close()
         return flask.Response(status=304, content_type=JSON, headers=headers)
 
+    watch = listing.watch
+
+    def pages() -> Iterator[bytes]:
+        for text in itertools.chain([head], listing.rest()):
+            yield gzip.page(text.encode()) if gzip else text.encode()
+        yield gzip.finish(b"]}") if gzip else b"]}"
+
     def chunks() -> Iterator[bytes]:
+        watch.streaming()
         try:
-            for text in itertools.chain([head], listing.rest()):
-                data = gzip.page(text.encode()) if gzip else text.encode()
-                stats.bytes += len(data)
-                yield data
-            data = gzip.finish(b"]}") if gzip else b"]}"
-            stats.bytes += len(data)
-            yield data
-        except GeneratorExit:  # the server could not write: the client went away
-            stats.cut, stats.client_left = "client_closed: the client closed the connection", True
+            for data in pages():
+                for start in range(0, len(data), SLICE_BYTES):
+                    piece = data[start : start + SLICE_BYTES]
+                    stats.bytes += len(piece)
+                    yield piece
+                    watch.streaming()  # the server has handed the slice to the client
+        except GeneratorExit:  # the server could not write: the client went away or idled
+            stats.client_left = True
+            stats.cut = (
+                f"client_idle: the client read nothing for {watch.idle_write_s:g} s"
+                if watch.reason == CLIENT_IDLE
+                else "client_closed: the client closed the connection"
+            )
             raise
         except Exception as exc:  # noqa: BLE001 - logged with the request, then the cut
             failure = classify(exc)
             stats.cut = f"{failure.code}: {describe(exc)}"
             cut(request.environ)
+        finally:
+            watch.done()
 
     response = flask.Response(chunks(), content_type=JSON, headers=headers)
     response.call_on_close(listing.close)  # also when the body is never read (HEAD, client gone)
