@@ -23,11 +23,11 @@ from typing import Any
 import flask
 from werkzeug.exceptions import HTTPException
 
-from lib import compression
-from lib.failures import RETRY_AFTER_S, classify, describe
+from lib import compression, links
+from lib.failures import RETRY_AFTER_S, Cancelled, classify, describe
 from lib.listing import Listing
-from lib.paging import BadRequest, PageRequest, encode_cursor
-from lib.watch import CLIENT_IDLE
+from lib.paging import BadRequest, PageRequest
+from lib.watch import CLIENT_IDLE, DEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def listing_json(request: flask.Request, listing: Listing, page: PageRequest) ->
     head = "{" + json.dumps(listing.resource.name) + ":[" + listing.first.json
     if page.limit is not None:
         next_link = (
-            f"?limit={page.limit}&cursor={encode_cursor(listing.first.last_id)}"
+            links.next_page(request, page.limit, listing.first.last_id)
             if listing.first.more and listing.first.last_id is not None
             else None
         )
@@ -163,6 +163,7 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
         except Exception as exc:  # noqa: BLE001 - logged with the request, then the cut
             failure = classify(exc)
             stats.cut = f"{failure.code}: {describe(exc)}"
+            stats.client_left = isinstance(exc, Cancelled) and exc.reason != DEADLINE
             cut(request.environ)
         finally:
             watch.done()
