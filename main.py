@@ -9,7 +9,7 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import config, responses, telemetry
+from lib import config, cors, responses, telemetry
 from lib.engine import Database
 from lib.listing import open_listing
 from lib.paging import PageRequest
@@ -23,6 +23,7 @@ DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=
 @functions_framework.http
 @responses.unread_body
 @telemetry.logged(DB.pool_state)
+@cors.handled(SETTINGS.cors_origins)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":

@@ -27,6 +27,8 @@ USERS = "users"  # the resource the function serves at `/`: its envelope key and
 DEFAULT_COLUMNS = ("id", "email", "name", "created_at")  # when USERS_COLUMNS is not set
 APPLICATION_NAME = "users-function"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_ORIGIN = re.compile(rf"https?://(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?")
 _IP_TYPES = {"public": "PUBLIC", "private": "PRIVATE", "psc": "PSC"}
 T = TypeVar("T")
 _TRUE = {"1", "true", "yes", "on"}
@@ -67,6 +69,7 @@ class Settings:
     cloud_sql: CloudSql | None = None
     request_timeout: float = 60.0  # REQUEST_TIMEOUT: past it, a running statement is cancelled
     client_idle_timeout: float = 30.0  # CLIENT_IDLE_TIMEOUT: a client reading nothing is cut
+    cors_origins: tuple[str, ...] = ()  # CORS_ALLOWED_ORIGINS: exact origins, ("*",), or none
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -105,6 +108,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # Cloud Run functions' default --timeout: set it to the deployed one.
         "request_timeout": _float(env, "REQUEST_TIMEOUT", 60.0),
         "client_idle_timeout": _float(env, "CLIENT_IDLE_TIMEOUT", 30.0),
+        "cors_origins": _origins(env.get("CORS_ALLOWED_ORIGINS", "")),
     }
     if has_url:
         return _with_url(database_url.parse(env["DATABASE_URL"].strip()), env, common)
@@ -213,6 +217,22 @@ def _columns(setting: str, raw: str, default: tuple[str, ...]) -> tuple[str, ...
     if len(set(names)) != len(names):
         raise ConfigError(setting, "lists a column twice")
     return names
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """CORS_ALLOWED_ORIGINS: `*`, or exact origins (scheme://host[:port], as a browser sends
+    them in Origin), comma-separated; lower-cased, as browsers serialize them."""
+    if raw.strip() == "*":
+        return ("*",)
+    origins = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                "CORS_ALLOWED_ORIGINS",
+                f"{origin[:80]!r} is not an origin: give scheme://host[:port] (no path, no "
+                "wildcard inside a host), a comma-separated list of them, or * alone",
+            )
+    return origins
 
 
 def _application_name(raw: str) -> str:
