@@ -31,7 +31,7 @@ def users(request: flask.Request) -> flask.Response:
     page = PageRequest.from_args(request.args)
     watch = Watch.of(request.environ, SETTINGS.request_timeout, SETTINGS.client_idle_timeout)
     listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page, watch)
-    return responses.listing_json(request, listing, page)
+    return responses.listing_json(request, listing, page, SETTINGS.max_response_bytes)
 
 
 # What functions-framework answers itself (a 404 for /robots.txt and /favicon.ico) is JSON too.

@@ -149,14 +149,14 @@ class Listing:
                 )
             self._ahead = self._helper.submit(self.page, page.last_id or 0, PAGE_ROWS)
 
-    def rest(self) -> Iterator[str]:
-        """JSON text of the pages after the first, each starting with a comma."""
+    def rest(self) -> Iterator[Page]:
+        """The pages after the first that hold rows."""
         try:
             while self._ahead is not None:
                 page = self._ahead.result()
                 self.prefetch(page)
                 if page.rows:
-                    yield "," + page.json
+                    yield page
         finally:
             self.close()
 

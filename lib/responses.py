@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import socket
@@ -24,9 +23,10 @@ import flask
 from werkzeug.exceptions import HTTPException
 
 from lib import compression, links
+from lib.body_limit import listing_body
 from lib.failures import RETRY_AFTER_S, Cancelled, classify, describe
 from lib.listing import Listing
-from lib.paging import BadRequest, PageRequest
+from lib.paging import MAX_LIMIT, BadRequest, PageRequest
 from lib.watch import CLIENT_IDLE, DEADLINE
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ def framework_error(exc: HTTPException) -> flask.Response:
     return json_error(status, "not_found" if status == 404 else "bad_request", exc.name)
 
 
-def listing_json(request: flask.Request, listing: Listing, page: PageRequest) -> flask.Response:
+def listing_json(
+    request: flask.Request, listing: Listing, page: PageRequest, max_bytes: int | None = None
+) -> flask.Response:
     """`{"users": [...]}`, keyed by the listing's resource name (plus `next` when paging);
     streamed when it spans several pages."""
     head = "{" + json.dumps(listing.resource.name) + ":[" + listing.first.json
@@ -101,7 +103,7 @@ def listing_json(request: flask.Request, listing: Listing, page: PageRequest) ->
         return whole(request, body.encode(), link)
     if not listing.first.more:
         return whole(request, (head + "]}").encode())
-    return streamed(request, listing, head)
+    return streamed(request, listing, head, max_bytes)
 
 
 def whole(
@@ -120,8 +122,11 @@ def whole(
     return flask.Response(body, content_type=JSON, headers=headers)
 
 
-def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Response:
-    """Every user, page by page on one connection (gzip-encoded page by page if accepted).
+def streamed(
+    request: flask.Request, listing: Listing, head: str, max_bytes: int | None
+) -> flask.Response:
+    """Every user, page by page (gzip-encoded page by page if accepted), ended early with
+    `next` before `max_bytes` of JSON (lib/body_limit.py).
 
     Past the first page the status line is sent, so a failure can no longer become an
     error status: the response is cut (see `cut`), and the log line says so.
@@ -138,10 +143,15 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
 
     watch = listing.watch
 
+    def next_url(last_id: int) -> str:
+        return links.next_page(request, MAX_LIMIT, last_id)
+
     def pages() -> Iterator[bytes]:
-        for text in itertools.chain([head], listing.rest()):
-            yield gzip.page(text.encode()) if gzip else text.encode()
-        yield gzip.finish(b"]}") if gzip else b"]}"
+        body = listing_body(head, listing.first.last_id, listing.rest(), max_bytes, next_url)
+        for data in body:
+            yield gzip.page(data) if gzip else data
+        if gzip:
+            yield gzip.finish(b"")
 
     def chunks() -> Iterator[bytes]:
         watch.streaming()
