@@ -27,7 +27,7 @@ DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":
-        return responses.health(DB.pool_state(), DB.session.health())
+        return responses.health(DB.pool_state(), {**DB.session.health(), **DB.last_known.state()})
     page = PageRequest.from_args(request.args)
     watch = Watch.of(request.environ, SETTINGS.request_timeout, SETTINGS.client_idle_timeout)
     listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page, watch)

@@ -24,6 +24,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from lib import connect_url
 from lib.config import Settings
 from lib.failures import ConnectionLost, PoolBusy, is_disconnect
+from lib.last_known import LastKnown
 from lib.session import Session
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Database:
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
         self.session = Session(settings)
+        self.last_known = LastKnown()
         # Admission: connections plus waiters; past it a request is refused at once (503).
         self._admission = (
             threading.BoundedSemaphore(
@@ -96,6 +98,8 @@ class Database:
         except BaseException as exc:
             if self._admission is not None:
                 self._admission.release()
+            if isinstance(exc, Exception):
+                self.last_known.failed(exc)
             cloud_sql = self._cloud_sql
             if isinstance(exc, PoolTimeout) and cloud_sql is not None and not cloud_sql.healthy:
                 # The slots were held by connects that fail or hang, not by busy
@@ -121,13 +125,16 @@ class Database:
         cursor = conn.cursor()
         try:
             cursor.execute(sql)
-            return cursor.fetchall()
+            rows = cursor.fetchall()
         except Exception as exc:
+            self.last_known.failed(exc)
             if not is_disconnect(exc):
                 raise
             self._lost_at = time.monotonic()
             conn.invalidate(exc)
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+        self.last_known.ok()
+        return rows
 
     def pool_state(self) -> dict[str, Any]:
         """The pool's counters, read without touching the database (for logs and /healthz)."""
@@ -162,6 +169,7 @@ class Database:
         self._engine = None
         self._cloud_sql = None  # its event-loop thread did not survive the fork
         self.session = Session(self.settings)
+        self.last_known = LastKnown()
 
     def _build(self) -> Engine:
         s = self.settings

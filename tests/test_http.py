@@ -488,3 +488,20 @@ def test_next_links_are_absolute_from_host_and_forwarded_proto(admin, make_app):
         refused = client.get("/?limit=2", headers={"Host": host})
         assert refused.status_code == 400, host  # ours, or werkzeug's own check first
         assert refused.get_json()["error"]["code"] == "bad_request"
+
+
+def test_healthz_stays_200_and_reports_the_databases_last_known_state(admin, make_app):
+    down = f"postgresql://fn:s3cret-pw@127.0.0.1:{free_port()}/app?connect_timeout=1"
+    client = make_app(DATABASE_URL=down, DB_CONNECT_TIMEOUT="1").test_client()
+    assert client.get("/healthz").get_json()["database"]["state"] == "unknown"
+    assert client.get("/?limit=1").status_code == 503
+    health = client.get("/healthz")
+    assert health.status_code == 200  # liveness: an outage is no reason to restart
+    database = health.get_json()["database"]
+    assert database["state"] == "failing" and database["last_ok"] is None
+    assert database["last_error"]["code"] == "database_unavailable"
+    assert "s3cret-pw" not in health.get_data(as_text=True)
+    client = make_app().test_client()
+    assert client.get("/?limit=1").status_code == 200
+    database = client.get("/healthz").get_json()["database"]
+    assert database["state"] == "ok" and database["last_ok"] and database["last_error"] is None
