@@ -96,6 +96,15 @@ def dechunk(body: bytes) -> tuple[bytes, bool]:
     return payload, False
 
 
+def test_doubled_leading_slashes_are_served_as_the_single_slash_path(admin, serve):
+    """What docs/http-api.md says of `//`: the server hands the function the merged path."""
+    served = serve()
+    for path, key in (("//", "users"), ("//healthz", "status"), ("///", "users")):
+        status, _, body = http_get(served, path, {})
+        assert status == 200 and key in json.loads(body), path
+    assert http_get(served, "/healthz//", {})[0] == 404
+
+
 @pytest.mark.parametrize("accept", ["identity", "gzip"])
 def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(admin, serve, accept):
     """The database connection dies after the first page was sent, and so does the one the
