@@ -22,7 +22,7 @@ DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=
 
 @functions_framework.http
 @responses.unread_body
-@telemetry.logged(DB.pool_state)
+@telemetry.logged(DB.pool_state, SETTINGS.project)
 @cors.handled(SETTINGS.cors_origins)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:

@@ -24,7 +24,8 @@ from werkzeug.exceptions import HTTPException
 
 from lib import compression, links
 from lib.body_limit import listing_body
-from lib.failures import RETRY_AFTER_S, Cancelled, classify, describe
+from lib.errors import Cancelled
+from lib.failures import RETRY_AFTER_S, classify, describe
 from lib.listing import Listing
 from lib.paging import MAX_LIMIT, BadRequest, PageRequest
 from lib.watch import CLIENT_IDLE, DEADLINE

@@ -23,8 +23,9 @@ from typing import Any
 
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lib.cancel import send_cancel
-from lib.failures import Cancelled, sqlstate
+from lib import driver
+from lib.errors import Cancelled
+from lib.failures import sqlstate
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Watch:
                 return
             self._cancel_sent = True
             try:
-                send_cancel(running)
+                driver.cancel(running)
             except OSError as exc:
                 log.warning("could not cancel a statement (%s): %s", reason, exc)
                 return

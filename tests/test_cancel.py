@@ -13,7 +13,7 @@ import pg8000.dbapi
 import pytest
 
 from devtools import seed
-from lib.cancel import send_cancel
+from lib import driver
 from tests.conftest import insert_users, slow_users
 from tests.connections import APP_NAME, function_backends
 
@@ -50,7 +50,7 @@ def test_pg8000_keeps_what_a_cancel_needs(postgres):
     conn = seed.connect(postgres.admin_url)
     try:
         assert len(conn._backend_key_data) == 8 and conn._usock.getpeername()
-        threading.Timer(0.3, send_cancel, (conn,)).start()
+        threading.Timer(0.3, driver.cancel, (conn,)).start()
         started = time.monotonic()
         with pytest.raises(pg8000.dbapi.DatabaseError) as raised:
             conn.cursor().execute("SELECT pg_sleep(5)")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lib import config
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 from tests.conftest import insert_users
 
 PAGE = "https://app.example"
