@@ -59,8 +59,6 @@ def open_listing(
     """
     listing = Listing(db, resource, schema, watch or Watch())
     listing.first = listing.page(request.after, request.limit or PAGE_ROWS)
-    if request.limit is None and listing.first.more:
-        listing.prefetch(listing.first)
     return listing
 
 
@@ -158,7 +156,8 @@ class Listing:
             self._ahead = self._helper.submit(self.page, page.last_id or 0, PAGE_ROWS)
 
     def rest(self) -> Iterator[Page]:
-        """The pages after the first that hold rows."""
+        """The pages after the first that hold rows (the fetch ahead starts with `prefetch`
+        as the first page goes out; a HEAD, which sends no body, never fetches more)."""
         try:
             while self._ahead is not None:
                 page = self._ahead.result()

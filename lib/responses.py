@@ -155,6 +155,7 @@ def streamed(
             yield gzip.finish(b"")
 
     def chunks() -> Iterator[bytes]:
+        listing.prefetch(listing.first)  # the next page renders while the first goes out
         watch.streaming()
         try:
             for data in pages():

@@ -135,3 +135,22 @@ def test_a_client_that_reads_nothing_is_cut_as_its_own_fault(admin, serve):
     assert entry["cause"] == "client_idle: the client read nothing for 1 s"
     assert entry["severity"] == "INFO"  # the client's doing, not the database's
     assert pool_in_use(served.base) == 0
+
+
+def test_a_head_of_the_full_listing_fetches_one_page_only(admin, make_app, monkeypatch):
+    """A HEAD sends no body: it fetches the first page (for the status) and nothing ahead."""
+    monkeypatch.setattr(listing, "PAGE_ROWS", 2)
+    insert_users(admin, ROWS)
+    fetched = []
+    page = listing.Listing.page
+    monkeypatch.setattr(
+        listing.Listing,
+        "page",
+        lambda self, after, limit: fetched.append(after) or page(self, after, limit),
+    )
+    client = make_app().test_client()
+    response = client.head("/")
+    assert response.status_code == 200 and response.data == b""
+    response.close()
+    assert fetched == [0]
+    assert client.get("/").get_json()["users"][-1]["id"] == 9 and fetched[1:] == [0, 2, 4, 6, 8]
