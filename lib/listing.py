@@ -21,7 +21,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import statements, telemetry
 from lib.engine import Database
-from lib.errors import ConfigError, ConnectionLost, ServerError
+from lib.errors import Cancelled, ConfigError, ConnectionLost, ServerError
 from lib.paging import PageRequest
 from lib.resource import Resource
 from lib.watch import CLIENT_LEFT, Watch
@@ -120,10 +120,14 @@ class Listing:
         (server restart, failover, idle cut) is retried once on a fresh one: a page is
         one read, so the retry means the same."""
         try:
-            return self._page_on_one_connection(after, limit)
-        except ConnectionLost:
-            self.stats.retried = True
-            return self._page_on_one_connection(after, limit)
+            try:
+                return self._page_on_one_connection(after, limit)
+            except ConnectionLost:
+                self.stats.retried = True
+                return self._page_on_one_connection(after, limit)
+        except Cancelled as exc:
+            self.stats.cancelled = exc.reason
+            raise
 
     def _page_on_one_connection(self, after: int, limit: int) -> Page:
         started = time.perf_counter()

@@ -64,7 +64,9 @@ def test_pg8000_keeps_what_a_cancel_needs(postgres):
         conn.close()
 
 
-def test_the_deadline_cancels_the_statement_and_keeps_the_connection(admin, sleepy, make_app):
+def test_the_deadline_cancels_the_statement_and_keeps_the_connection(
+    admin, sleepy, make_app, capsys
+):
     client = make_app(REQUEST_TIMEOUT="1", DB_POOL_SIZE="1").test_client()
     main = sys.modules["main"]
     started = time.monotonic()
@@ -72,6 +74,9 @@ def test_the_deadline_cancels_the_statement_and_keeps_the_connection(admin, slee
     assert time.monotonic() - started < 2
     assert response.status_code == 504
     assert response.get_json()["error"]["code"] == "deadline_exceeded"
+    lines = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert "cancelled a running statement: deadline" in [line["message"] for line in lines]
+    assert [line["cancelled"] for line in lines if "httpRequest" in line] == ["deadline"]
     assert seconds_until_no_statement_runs(admin) < 1
     assert main.DB.pool_state()["in_use"] == 0
     [backend] = function_backends(admin)
@@ -100,4 +105,5 @@ def test_a_client_that_leaves_has_its_statement_cancelled(admin, sleepy, serve):
     assert function_backends(admin) == [backend]  # back in the pool, not replaced
     log = served.output()
     assert "cancelled a running statement: client_left" in log
-    assert '"status":499' in log
+    [line] = [json.loads(text) for text in log.splitlines() if '"status":499' in text]
+    assert line["cancelled"] == "client_left"
