@@ -9,10 +9,11 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import config, responses, telemetry
+from lib import config, cors, responses, telemetry
 from lib.cached_listing import CachedListings
 from lib.engine import Database
 from lib.paging import PageRequest
+from lib.watch import Watch
 
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
@@ -23,12 +24,15 @@ LISTINGS = CachedListings(SETTINGS)  # this process's response cache (docs/cache
 @functions_framework.http
 @responses.unread_body
 @telemetry.logged(DB.pool_state, SETTINGS.project)
+@cors.handled(SETTINGS.cors_origins)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":
-        return responses.health(DB.pool_state(), DB.session.health(), LISTINGS.health())
+        database = {**DB.session.health(), **DB.last_known.state()}
+        return responses.health(DB.pool_state(), database, LISTINGS.health())
     page = PageRequest.from_args(request.args)
-    return LISTINGS.respond(request, DB, SETTINGS.resource, SETTINGS.schema, page)
+    watch = Watch.of(request.environ, SETTINGS.request_timeout, SETTINGS.client_idle_timeout)
+    return LISTINGS.respond(request, DB, SETTINGS.resource, SETTINGS.schema, page, watch)
 
 
 # What functions-framework answers itself (a 404 for /robots.txt and /favicon.ico) is JSON too.

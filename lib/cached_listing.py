@@ -23,16 +23,17 @@ from typing import Any
 
 import flask
 
-from lib import compression, responses, validator
+from lib import compression, links, responses, validator
 from lib.cache import Entry, ResponseCache
 from lib.config import Settings
 from lib.engine import Database
-from lib.errors import ConnectionLost
+from lib.errors import Cancelled, ConnectionLost
 from lib.listing import open_listing
-from lib.paging import PageRequest
+from lib.paging import BadRequest, PageRequest
 from lib.resource import Resource
 from lib.telemetry import Stats, current
 from lib.validator import Identity
+from lib.watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,21 @@ class CachedListings:
         resource: Resource,
         schema: str | None,
         page: PageRequest,
+        watch: Watch,
     ) -> flask.Response:
-        """The listing `page` of `resource`: from the cache when the validator says so."""
-        stats = current()
+        """The listing `page` of `resource`: from the cache when the validator says so.
+        `watch` cancels a statement whose client left or whose deadline passed."""
+        stats, max_bytes = current(), self.settings.max_response_bytes
         token_sql = self._validator(db, resource, schema)
         if token_sql is None:
             stats.cache = "off"
-            listing = open_listing(db, resource, schema, page)
-            return responses.listing_json(request, listing, page)
-        shape = shape_of(request, resource, schema, page)
+            listing = open_listing(db, resource, schema, page, watch)
+            return responses.listing_json(request, listing, page, max_bytes)
+        shape = shape_of(request, resource, schema, page, max_bytes)
         if not self.cache.holds(shape) and not request.if_none_match:
             stats.cache = "miss"  # nothing a probe could find: render at once
         elif self.cache.should_probe():
-            identity, token = self._probe(db, token_sql, stats)
+            identity, token = self._probe(db, token_sql, stats, watch)
             if token is not None:
                 key, etag = (identity, shape), make_etag(identity, token, shape)
                 entry = self.cache.get(key, token)
@@ -86,14 +89,14 @@ class CachedListings:
             stats.cache = "miss"
         else:
             stats.cache = "skip"
-        listing = open_listing(db, resource, schema, page, token_sql)
+        listing = open_listing(db, resource, schema, page, watch, token_sql)
         first = listing.first
         if first.token is None or first.identity is None:
-            return responses.listing_json(request, listing, page)
+            return responses.listing_json(request, listing, page, max_bytes)
         key, etag = (first.identity, shape), make_etag(first.identity, first.token, shape)
-        built = responses.listing_body(listing, page)
+        built = responses.whole_body(request, listing, page)
         if built is None:
-            return responses.listing_json(request, listing, page, "W/" + etag)
+            return responses.listing_json(request, listing, page, max_bytes, "W/" + etag)
         body, headers = built
         entry = Entry(first.token, body, headers=headers)
         self.cache.rendered(key, entry)
@@ -115,17 +118,23 @@ class CachedListings:
 
         return responses.whole(request, entry.raw, entry.headers, etag, gzip)
 
-    def _probe(self, db: Database, token_sql: str, stats: Stats) -> tuple[Identity, str | None]:
+    def _probe(
+        self, db: Database, token_sql: str, stats: Stats, watch: Watch
+    ) -> tuple[Identity, str | None]:
         """(server, token) now; a pooled connection found dead is retried once on a fresh
         one, as a page is (lib/listing.py)."""
         try:
-            return self._probe_on_one_connection(db, token_sql, stats)
-        except ConnectionLost:
-            stats.retried = True
-            return self._probe_on_one_connection(db, token_sql, stats)
+            try:
+                return self._probe_on_one_connection(db, token_sql, stats, watch)
+            except ConnectionLost:
+                stats.retried = True
+                return self._probe_on_one_connection(db, token_sql, stats, watch)
+        except Cancelled as exc:
+            stats.cancelled = exc.reason
+            raise
 
     def _probe_on_one_connection(
-        self, db: Database, token_sql: str, stats: Stats
+        self, db: Database, token_sql: str, stats: Stats, watch: Watch
     ) -> tuple[Identity, str | None]:
         started = time.perf_counter()
         conn = db.checkout()
@@ -133,7 +142,8 @@ class CachedListings:
         try:
             started = time.perf_counter()
             known = validator.trusted_system_id(conn, db.session.pooler is not None)
-            [row] = db.fetch(conn, validator.probe_sql(token_sql, with_system_id=known is None))
+            with watch.statement(conn):
+                [row] = db.fetch(conn, validator.probe_sql(token_sql, with_system_id=known is None))
             if known is None:
                 validator.remember(conn, row[2])
         finally:
@@ -183,22 +193,38 @@ class CachedListings:
 
 @dataclass(frozen=True)
 class Shape:
-    """What the bytes depend on besides the rows: the table and its columns, the page, and
-    the client's encoding preference (gzip when streamed, gzip by the body's size)."""
+    """What the bytes depend on besides the rows: the table and its columns, the page, the
+    client's encoding preference (gzip when streamed, gzip by the body's size), the links'
+    base and the streamed listing's byte limit."""
 
     resource: Resource
     schema: str | None
     after: int
     limit: int | None
     encoding: tuple[bool, bool]
+    origin: str | None  # the links' scheme and host (lib/links.py)
+    max_bytes: int | None  # where a streamed listing ends with `next` (MAX_RESPONSE_BYTES)
 
 
 def shape_of(
-    request: flask.Request, resource: Resource, schema: str | None, page: PageRequest
+    request: flask.Request,
+    resource: Resource,
+    schema: str | None,
+    page: PageRequest,
+    max_bytes: int | None,
 ) -> Shape:
     accept = request.headers.get("Accept-Encoding")
     encoding = (compression.use_gzip(accept, None), compression.use_gzip(accept, 0))
-    return Shape(resource, schema, page.after, page.limit, encoding)
+    return Shape(resource, schema, page.after, page.limit, encoding, origin(request), max_bytes)
+
+
+def origin(request: flask.Request) -> str | None:
+    """The links' base, or None when the Host cannot make one (then no page is answered
+    with a link: the paging path refuses that Host itself)."""
+    try:
+        return links.origin(request)
+    except BadRequest:
+        return None
 
 
 def make_etag(identity: Identity, token: str, shape: Shape) -> str:

@@ -21,10 +21,11 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import statements, telemetry, validator
 from lib.engine import Database
-from lib.errors import ConfigError, ConnectionLost, ServerError
+from lib.errors import Cancelled, ConfigError, ConnectionLost, ServerError
 from lib.paging import PageRequest
 from lib.resource import Resource
 from lib.validator import Identity
+from lib.watch import CLIENT_LEFT, Watch
 
 UNDEFINED_COLUMN = "42703"
 PAGE_ROWS = 5000  # rows per round trip when streaming every row (~0.5 MB of users' JSON)
@@ -52,18 +53,18 @@ def open_listing(
     resource: Resource,
     schema: str | None,
     request: PageRequest,
+    watch: Watch | None = None,
     token_sql: str | None = None,
 ) -> Listing:
     """Fetch the first page (read with the validator `token_sql`, if given: lib/validator.py);
-    the rest is `Listing.rest()`.
+    the rest is `Listing.rest()`. `watch` cancels a statement whose client has left or whose
+    deadline has passed (lib/watch.py).
 
     Holding the first page before the response starts means any database error on it
     still becomes a proper status code.
     """
-    listing = Listing(db, resource, schema)
+    listing = Listing(db, resource, schema, watch or Watch())
     listing.first = listing.page(request.after, request.limit or PAGE_ROWS, token_sql)
-    if request.limit is None and listing.first.more:
-        listing.prefetch(listing.first)
     return listing
 
 
@@ -119,8 +120,11 @@ class Listing:
 
     first: Page  # set by open_listing
 
-    def __init__(self, db: Database, resource: Resource, schema: str | None) -> None:
+    def __init__(
+        self, db: Database, resource: Resource, schema: str | None, watch: Watch | None = None
+    ) -> None:
         self.resource = resource
+        self.watch = watch or Watch()
         self._db = db
         self._schema = schema
         self._helper: futures.ThreadPoolExecutor | None = None
@@ -133,10 +137,14 @@ class Listing:
         (server restart, failover, idle cut) is retried once on a fresh one: a page is
         one read, so the retry means the same."""
         try:
-            return self._page_on_one_connection(after, limit, token_sql)
-        except ConnectionLost:
-            self.stats.retried = True
-            return self._page_on_one_connection(after, limit, token_sql)
+            try:
+                return self._page_on_one_connection(after, limit, token_sql)
+            except ConnectionLost:
+                self.stats.retried = True
+                return self._page_on_one_connection(after, limit, token_sql)
+        except Cancelled as exc:
+            self.stats.cancelled = exc.reason
+            raise
 
     def _page_on_one_connection(self, after: int, limit: int, token_sql: str | None) -> Page:
         started = time.perf_counter()
@@ -145,10 +153,14 @@ class Listing:
         try:
             checked = _checked.setdefault(self._db, set())
             if (self.resource, self._schema) not in checked:
-                check_columns(self._db, conn, self.resource, self._schema)
+                with self.watch.statement(conn):
+                    check_columns(self._db, conn, self.resource, self._schema)
                 checked.add((self.resource, self._schema))
             started = time.perf_counter()
-            page = fetch_page(self._db, conn, self.resource, self._schema, after, limit, token_sql)
+            with self.watch.statement(conn):  # each statement: a cancel must not outlive it
+                page = fetch_page(
+                    self._db, conn, self.resource, self._schema, after, limit, token_sql
+                )
         finally:
             self._db.release(conn)
         self.stats.query_ms += (time.perf_counter() - started) * 1000
@@ -166,24 +178,27 @@ class Listing:
                 )
             self._ahead = self._helper.submit(self.page, page.last_id or 0, PAGE_ROWS)
 
-    def rest(self) -> Iterator[str]:
-        """JSON text of the pages after the first, each starting with a comma."""
+    def rest(self) -> Iterator[Page]:
+        """The pages after the first that hold rows (the fetch ahead starts with `prefetch`
+        as the first page goes out; a HEAD, which sends no body, never fetches more)."""
         try:
             while self._ahead is not None:
                 page = self._ahead.result()
                 self.prefetch(page)
                 if page.rows:
-                    yield "," + page.json
+                    yield page
         finally:
             self.close()
 
     def close(self) -> None:
         """Stop fetching ahead (idempotent; also called when the client leaves).
 
-        A page still being fetched finishes first (within statement_timeout) and gives its
-        connection back itself.
+        A page still being fetched is cancelled on the server, and gives its connection
+        back itself once its statement has ended.
         """
-        self._ahead = None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not ahead.done():
+            self.watch.cancel(CLIENT_LEFT)
         if self._helper is not None:
             helper, self._helper = self._helper, None
             helper.shutdown(wait=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import socket
@@ -23,10 +22,13 @@ from typing import Any
 import flask
 from werkzeug.exceptions import HTTPException
 
-from lib import compression
+from lib import compression, links
+from lib.body_limit import listing_body
+from lib.errors import Cancelled
 from lib.failures import RETRY_AFTER_S, classify, describe
 from lib.listing import Listing
-from lib.paging import BadRequest, PageRequest, encode_cursor
+from lib.paging import MAX_LIMIT, BadRequest, PageRequest
+from lib.watch import CLIENT_IDLE, DEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ ALLOWED_METHODS = ("GET", "HEAD")
 # must ask again each time (no-cache), when a matching ETag makes the answer a bodiless 304.
 LISTING_CACHE = "private, no-cache"
 NO_STORE = "no-store"  # errors and /healthz describe one moment: never reuse them
+# A streamed page goes to the server in slices: each one the client takes resets the idle
+# clock (CLIENT_IDLE_TIMEOUT), so a client that reads slowly but steadily is never cut.
+SLICE_BYTES = 64 * 1024
 
 
 class HttpError(Exception):
@@ -83,14 +88,18 @@ def framework_error(exc: HTTPException) -> flask.Response:
 
 
 def listing_json(
-    request: flask.Request, listing: Listing, page: PageRequest, etag: str | None = None
+    request: flask.Request,
+    listing: Listing,
+    page: PageRequest,
+    max_bytes: int | None = None,
+    etag: str | None = None,
 ) -> flask.Response:
     """`{"users": [...]}`, keyed by the listing's resource name (plus `next` when paging);
     streamed when it spans several pages. `etag`: the validator's (lib/cached_listing.py),
     else the ETag is a hash of the bytes sent."""
-    built = listing_body(listing, page)
+    built = whole_body(request, listing, page)
     if built is None:
-        return streamed(request, listing, listing_head(listing), etag)
+        return streamed(request, listing, listing_head(listing), max_bytes, etag)
     body, headers = built
     return whole(request, body, headers, etag)
 
@@ -99,12 +108,14 @@ def listing_head(listing: Listing) -> str:
     return "{" + json.dumps(listing.resource.name) + ":[" + listing.first.json
 
 
-def listing_body(listing: Listing, page: PageRequest) -> tuple[bytes, dict[str, str]] | None:
+def whole_body(
+    request: flask.Request, listing: Listing, page: PageRequest
+) -> tuple[bytes, dict[str, str]] | None:
     """The whole body and its headers besides the ETag's, or None when the listing streams."""
     head = listing_head(listing)
     if page.limit is not None:
         next_link = (
-            f"?limit={page.limit}&cursor={encode_cursor(listing.first.last_id)}"
+            links.next_page(request, page.limit, listing.first.last_id)
             if listing.first.more and listing.first.last_id is not None
             else None
         )
@@ -151,10 +162,15 @@ def not_modified(request: flask.Request, etag: str, may_stream: bool) -> flask.R
 
 
 def streamed(
-    request: flask.Request, listing: Listing, head: str, etag: str | None = None
+    request: flask.Request,
+    listing: Listing,
+    head: str,
+    max_bytes: int | None,
+    etag: str | None = None,
 ) -> flask.Response:
-    """Every user, page by page (gzip-encoded page by page if accepted), with the weak
-    `etag` of the first page's validator if given: known before the first byte.
+    """Every user, page by page (gzip-encoded page by page if accepted), ended early with
+    `next` before `max_bytes` of JSON (lib/body_limit.py); with the weak `etag` of the first
+    page's validator if given, known before the first byte.
 
     Past the first page the status line is sent, so a failure can no longer become an
     error status: the response is cut (see `cut`), and the log line says so.
@@ -172,22 +188,43 @@ def streamed(
         listing.close()
         return flask.Response(status=304, content_type=JSON, headers=headers)
 
+    watch = listing.watch
+
+    def next_url(last_id: int) -> str:
+        return links.next_page(request, MAX_LIMIT, last_id)
+
+    def pages() -> Iterator[bytes]:
+        body = listing_body(head, listing.first.last_id, listing.rest(), max_bytes, next_url)
+        for data in body:
+            yield gzip.page(data) if gzip else data
+        if gzip:
+            yield gzip.finish(b"")
+
     def chunks() -> Iterator[bytes]:
+        listing.prefetch(listing.first)  # the next page renders while the first goes out
+        watch.streaming()
         try:
-            for text in itertools.chain([head], listing.rest()):
-                data = gzip.page(text.encode()) if gzip else text.encode()
-                stats.bytes += len(data)
-                yield data
-            data = gzip.finish(b"]}") if gzip else b"]}"
-            stats.bytes += len(data)
-            yield data
-        except GeneratorExit:  # the server could not write: the client went away
-            stats.cut, stats.client_left = "client_closed: the client closed the connection", True
+            for data in pages():
+                for start in range(0, len(data), SLICE_BYTES):
+                    piece = data[start : start + SLICE_BYTES]
+                    stats.bytes += len(piece)
+                    yield piece
+                    watch.streaming()  # the server has handed the slice to the client
+        except GeneratorExit:  # the server could not write: the client went away or idled
+            stats.client_left = True
+            stats.cut = (
+                f"client_idle: the client read nothing for {watch.idle_write_s:g} s"
+                if watch.reason == CLIENT_IDLE
+                else "client_closed: the client closed the connection"
+            )
             raise
         except Exception as exc:  # noqa: BLE001 - logged with the request, then the cut
             failure = classify(exc)
             stats.cut = f"{failure.code}: {describe(exc)}"
+            stats.client_left = isinstance(exc, Cancelled) and exc.reason != DEADLINE
             cut(request.environ)
+        finally:
+            watch.done()
 
     response = flask.Response(chunks(), content_type=JSON, headers=headers)
     response.call_on_close(listing.close)  # also when the body is never read (HEAD, client gone)

@@ -43,6 +43,7 @@ class Stats:
     cut: str | None = None  # why a streamed response ended before its last byte
     client_left: bool = False  # ... and it was the client's doing, not ours
     cache: str | None = None  # the response cache: hit, miss, skip (no probe) or off
+    cancelled: str | None = None  # why a running statement was cancelled (lib/watch.py)
 
     @property
     def truncated(self) -> bool:
@@ -154,6 +155,7 @@ def emit(
         "bytes": stats.bytes,
         "retried": stats.retried,
         **({"cache": stats.cache} if stats.cache else {}),
+        **({"cancelled": stats.cancelled} if stats.cancelled else {}),
         "pool": pool,
         **({"truncated": True, "cause": stats.cut} if stats.cut else {}),
         **trace_fields(request.headers, project),

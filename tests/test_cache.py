@@ -248,3 +248,18 @@ def test_cache_settings_default_on_and_can_be_turned_off():
     assert config.load({"DATABASE_URL": "postgresql://u@h/d"}).response_cache_bytes == 4 * 2**20
     off = config.load({"DATABASE_URL": "postgresql://u@h/d", "RESPONSE_CACHE": "off"})
     assert off.response_cache_bytes == 0
+
+
+def test_the_links_host_is_part_of_the_key_and_the_etag(admin, make_app):
+    seed.seed_users(admin, 30, progress=False)
+    client = make_app().test_client()
+    a = [client.get("/?limit=10", headers={"Host": "a.example"}) for _ in range(2)]
+    b = client.get("/?limit=10", headers={"Host": "b.example"})
+    assert cache_of(a[1]) == "hit" and cache_of(b) == "miss"
+    assert a[1].get_json()["next"].startswith("http://a.example/")
+    assert b.get_json()["next"].startswith("http://b.example/")
+    assert b.headers["ETag"] != a[1].headers["ETag"]
+    stale = client.get(
+        "/?limit=10", headers={"Host": "b.example", "If-None-Match": a[1].headers["ETag"]}
+    )
+    assert stale.status_code == 200
