@@ -37,6 +37,7 @@ from google.cloud.sql.connector.exceptions import AutoIAMAuthNotSupported, Cloud
 
 from lib.config import CloudSql
 from lib.failures import ConfigError, ConnectError
+from lib.instances import Instances
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -78,8 +79,9 @@ class CloudSqlConnect:
         self._interval = 0.0
         self._retry_at = 0.0
         self._turn = threading.Lock()  # held by the one attempt allowed while not healthy
+        self._instances = Instances(cs.instances, cs.target_session_attrs)
 
-    def __call__(self) -> pg8000.dbapi.Connection:
+    def __call__(self) -> Any:
         """A new connection, or ConnectError within DB_CONNECT_TIMEOUT (`__cause__` says why)."""
         deadline = time.monotonic() + self._timeout
         if self._healthy:  # the common case: connects run side by side
@@ -129,20 +131,9 @@ class CloudSqlConnect:
         finally:
             self._turn.release()
 
-    def _attempt(self, deadline: float, remember_timeout: bool = True) -> pg8000.dbapi.Connection:
-        handover: Future = Future()
-        task = asyncio.run_coroutine_threadsafe(self._open(handover), self._loop)
+    def _attempt(self, deadline: float, remember_timeout: bool = True) -> Any:
         try:
-            try:
-                conn = handover.result(timeout=max(deadline - time.monotonic(), 0))
-            except TimeoutError:
-                if not handover.cancel():  # it arrived as the time ran out
-                    conn = handover.result()
-                else:
-                    task.cancel()  # stops the Admin API wait; _LoginExecutor closes a late login
-                    raise TimeoutError(
-                        f"no connection within DB_CONNECT_TIMEOUT ({self._timeout:g} s)"
-                    ) from None
+            conn = self._instances.connect(self._open_one, deadline)
         except Exception as failure:  # remembered, then raised as the cause
             if remember_timeout or not isinstance(failure, TimeoutError):
                 self._failed(failure)
@@ -151,13 +142,27 @@ class CloudSqlConnect:
             self._healthy, self._failure, self._interval = True, None, 0.0
         return conn
 
-    async def _open(self, handover: Future) -> None:
+    def _open_one(self, instance: str, deadline: float) -> Any:
+        """A connection to `instance` by `deadline`, or the reason there is none."""
+        handover: Future = Future()
+        task = asyncio.run_coroutine_threadsafe(self._open(handover, instance), self._loop)
+        try:
+            return handover.result(timeout=max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            if not handover.cancel():  # it arrived as the time ran out
+                return handover.result()
+            task.cancel()  # stops the Admin API wait; _LoginExecutor closes a late login
+            raise TimeoutError(
+                f"no connection to {instance} in time (DB_CONNECT_TIMEOUT {self._timeout:g} s)"
+            ) from None
+
+    async def _open(self, handover: Future, instance: str) -> None:
         """Runs on our loop: connect, then hand the connection over, or close it if the
         caller has given up meanwhile."""
         cs = self._cs
         try:
             conn = await self._connector.connect_async(
-                cs.instance,
+                instance,
                 "pg8000",
                 user=cs.user,
                 password=cs.password,
@@ -166,7 +171,7 @@ class CloudSqlConnect:
             )
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who classifies it
             with contextlib.suppress(InvalidStateError):
-                handover.set_exception(_meaning(exc, cs))  # here, where __context__ is intact
+                handover.set_exception(_meaning(exc, instance, cs))  # where __context__ is intact
             return
         try:
             handover.set_result(conn)
@@ -230,7 +235,7 @@ def _connect_error(message: str, failure: BaseException) -> ConnectError:
     return error
 
 
-def _meaning(exc: Exception, cs: CloudSql) -> Exception:
+def _meaning(exc: Exception, instance: str, cs: CloudSql) -> Exception:
     """The connector's errors in our terms: what a redeploy must fix is a ConfigError naming
     the setting (the connector's own exception stays its __cause__); the rest is unchanged."""
     if isinstance(exc, KeyError) and isinstance(exc.__context__, Exception):
@@ -241,12 +246,12 @@ def _meaning(exc: Exception, cs: CloudSql) -> Exception:
     if isinstance(exc, aiohttp.ClientResponseError) and exc.status in (403, 404):
         config = ConfigError(
             "INSTANCE_CONNECTION_NAME",
-            f"the Cloud SQL Admin API answered {exc.status} for '{cs.instance}': check the "
+            f"the Cloud SQL Admin API answered {exc.status} for '{instance}': check the "
             "project, region and instance name, that the Cloud SQL Admin API is enabled, and "
             "that the function's service account has roles/cloudsql.client",
         )
     elif isinstance(exc, ValueError) and "region was mismatched" in str(exc):
-        config = ConfigError("INSTANCE_CONNECTION_NAME", f"wrong region in '{cs.instance}'")
+        config = ConfigError("INSTANCE_CONNECTION_NAME", f"wrong region in '{instance}'")
     elif isinstance(exc, CloudSQLIPTypeError):
         config = ConfigError(
             "IP_TYPE", f"the instance has no {cs.ip_type.lower()} address; choose another type"

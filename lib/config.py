@@ -37,13 +37,16 @@ _FALSE = {"", "0", "false", "no", "off"}
 class CloudSql:
     """How to reach a Cloud SQL instance through the Cloud SQL Python Connector."""
 
-    instance: str
+    instances: tuple[str, ...]  # the primary and its read replicas, in no particular order
     database: str
     user: str
     password: str | None = field(repr=False)
     iam_auth: bool
     ip_type: str  # a member name of google.cloud.sql.connector.IPTypes
     api_endpoint: str | None = None  # the Admin API's base URL; None = Google's public one
+    # Which instance serves, as libpq's target_session_attrs: any, primary, standby,
+    # prefer-standby (read-write and read-only as libpq spells primary and any).
+    target_session_attrs: str = "prefer-standby"
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,15 @@ def _with_url(url: DatabaseUrl, env: Mapping[str, str], common: dict[str, Any]) 
 
 
 def _cloud_sql(env: Mapping[str, str]) -> CloudSql:
-    instance = env["INSTANCE_CONNECTION_NAME"].strip()
-    if not re.fullmatch(r"[a-z0-9.:\-]+:[a-z0-9\-]+:[a-z0-9\-]+", instance):
-        raise ConfigError("INSTANCE_CONNECTION_NAME", "must look like project:region:instance")
+    instances = tuple(name.strip() for name in env["INSTANCE_CONNECTION_NAME"].split(","))
+    for instance in instances:
+        if not re.fullmatch(r"[a-z0-9.:\-]+:[a-z0-9\-]+:[a-z0-9\-]+", instance):
+            raise ConfigError(
+                "INSTANCE_CONNECTION_NAME",
+                f"'{instance}' must look like project:region:instance (several: comma-separated)",
+            )
+    if len(set(instances)) != len(instances):
+        raise ConfigError("INSTANCE_CONNECTION_NAME", "names an instance twice")
     database = env.get("DB_NAME", "").strip()
     if not database:
         raise ConfigError("DB_NAME", "is required with INSTANCE_CONNECTION_NAME")
@@ -162,14 +171,28 @@ def _cloud_sql(env: Mapping[str, str]) -> CloudSql:
     if ip_type_raw not in _IP_TYPES:
         raise ConfigError("IP_TYPE", f"'{ip_type_raw}' is not one of public, private, psc")
     return CloudSql(
-        instance=instance,
+        instances=instances,
         database=database,
         user=iam_user or user,
         password=None if iam_user else password,
         iam_auth=bool(iam_user),
         ip_type=_IP_TYPES[ip_type_raw],
         api_endpoint=_api_endpoint(env.get("CLOUD_SQL_API_ENDPOINT", "")),
+        target_session_attrs=_target_session_attrs(env.get("DB_TARGET_SESSION_ATTRS", "")),
     )
+
+
+def _target_session_attrs(raw: str) -> str:
+    """DB_TARGET_SESSION_ATTRS, in the words of libpq's target_session_attrs. The function's
+    sessions are read-only, so read-write means primary and read-only means any."""
+    value = raw.strip().lower() or "prefer-standby"
+    value = {"read-write": "primary", "read-only": "any"}.get(value, value)
+    if value not in ("any", "primary", "standby", "prefer-standby"):
+        raise ConfigError(
+            "DB_TARGET_SESSION_ATTRS",
+            f"'{raw.strip()}' is not one of any, primary, standby, prefer-standby",
+        )
+    return value
 
 
 def _api_endpoint(raw: str) -> str | None:

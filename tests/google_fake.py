@@ -189,19 +189,19 @@ def _unb64(text: str) -> bytes:
 
 @dataclass
 class AdminApi:
-    """`connectSettings` and `generateEphemeralCert` for one instance."""
+    """`connectSettings` and `generateEphemeralCert` for the instances of one project."""
 
     tokens: TokenEndpoint
     project: str
     region: str
-    instance: str
-    addresses: dict[str, str]  # PRIMARY / PRIVATE / PSC -> loopback address
+    instances: dict[str, dict[str, str]]  # name -> {PRIMARY / PRIVATE / PSC: loopback address}
     server_ca: CertificateAuthority
     client_ca: CertificateAuthority
     cert_lifetime_s: float = 3600.0
     refuse_with: int | None = None  # answer this HTTP status instead
     delay_s: float = 0.0  # answer this much later
-    calls: Counter = field(default_factory=Counter)
+    calls: Counter = field(default_factory=Counter)  # per method, all instances together
+    calls_by_instance: Counter = field(default_factory=Counter)  # (instance, method)
     login_principals: list[str] = field(default_factory=list)
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, "GET /path")
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -212,33 +212,34 @@ class AdminApi:
         if ":" in name:
             name, _, call = name.partition(":")
         self.calls[call] += 1
+        self.calls_by_instance[name, call] += 1
         self.stopping.wait(self.delay_s)
         if self.tokens.principal(token, ADMIN_SCOPE) is None:
             return _api_error(401, "Request had invalid authentication credentials.")
         if self.refuse_with is not None:
             return _api_error(self.refuse_with, "The client is not authorized.")
-        if not path.startswith(base) or name != self.instance:
+        if not path.startswith(base) or name not in self.instances:
             return _api_error(404, "The Cloud SQL instance does not exist.")
         if method == "GET" and call == "connectSettings":
-            return 200, self._connect_settings()
+            return 200, self._connect_settings(self.instances[name])
         if method == "POST" and call == "generateEphemeralCert":
             return self._ephemeral_cert(body)
         return _api_error(404, f"no such method {call}")
 
-    def _connect_settings(self) -> dict:
+    def _connect_settings(self, addresses: dict[str, str]) -> dict:
         return {
             "kind": "sql#connectSettings",
             "serverCaCert": {"kind": "sql#sslCert", "cert": self.server_ca.pem},
             "ipAddresses": [
-                {"type": "PRIMARY", "ipAddress": self.addresses["PRIMARY"]},
-                {"type": "PRIVATE", "ipAddress": self.addresses["PRIVATE"]},
+                {"type": "PRIMARY", "ipAddress": addresses["PRIMARY"]},
+                {"type": "PRIVATE", "ipAddress": addresses["PRIVATE"]},
             ],
             "pscEnabled": True,
             # Cloud SQL names a PSC endpoint in DNS; an address literal stands in for the name
             # (getaddrinfo returns it as is), so no DNS or /etc/hosts change is needed.
             "dnsNames": [
                 {
-                    "name": self.addresses["PSC"] + ".",
+                    "name": addresses["PSC"] + ".",
                     "connectionType": "PRIVATE_SERVICE_CONNECT",
                     "dnsScope": "INSTANCE",
                 }
@@ -303,8 +304,8 @@ class ServerProxy:
         except OSError:
             self.close()
             raise
-        for listener in self._listeners:
-            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        for listener, address in zip(self._listeners, addresses, strict=True):
+            threading.Thread(target=self._accept, args=(listener, address), daemon=True).start()
 
     def close(self) -> None:
         for listener in self._listeners:
@@ -316,8 +317,7 @@ class ServerProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    def _accept(self, listener: socket.socket) -> None:
-        address = listener.getsockname()[0]
+    def _accept(self, listener: socket.socket, address: str) -> None:
         while True:
             try:
                 raw, _ = listener.accept()
@@ -494,17 +494,14 @@ class GoogleFake:
         key = rsa_key("service account")
         self.tokens = TokenEndpoint(key, "key-1", email)
         self.iam_passwords: dict[str, str] = {}
-        types = ["PRIMARY", "PRIVATE", "PSC"]
-        self.proxy, addresses = _bind_proxy(types, upstream, self.iam_passwords)
-        self.addresses = dict(zip(types, addresses, strict=True))
+        server_ca, client_ca = (
+            CertificateAuthority("fake server CA"),
+            CertificateAuthority("client CA"),
+        )
+        self.proxy, self.addresses = _bind_proxy(upstream, self.iam_passwords, server_ca, client_ca)
+        self.proxies = {instance: self.proxy}
         self.api = AdminApi(
-            self.tokens,
-            project,
-            region,
-            name,
-            self.addresses,
-            self.proxy.server_ca,
-            self.proxy.client_ca,
+            self.tokens, project, region, {name: self.addresses}, server_ca, client_ca
         )
         self._http = ThreadingHTTPServer((_random_loopback(), 0), _handler(self))
         self._http.daemon_threads = True
@@ -542,6 +539,16 @@ class GoogleFake:
             **extra,
         }
 
+    def add_instance(self, instance: str, upstream: tuple[str, int]) -> ServerProxy:
+        """Another instance of the same project and region (a read replica, say): its own
+        server proxy and addresses, relaying to `upstream`, with the same CAs."""
+        proxy, addresses = _bind_proxy(
+            upstream, self.iam_passwords, self.proxy.server_ca, self.proxy.client_ca
+        )
+        self.api.instances[instance.split(":")[2]] = addresses
+        self.proxies[instance] = proxy
+        return proxy
+
     def refreshes(self) -> int:
         """Certificate refreshes so far: each asks for one ephemeral certificate."""
         return self.api.calls["generateEphemeralCert"]
@@ -550,7 +557,8 @@ class GoogleFake:
         self.api.stopping.set()
         self._http.shutdown()
         self._http.server_close()
-        self.proxy.close()
+        for proxy in self.proxies.values():
+            proxy.close()
 
 
 def _random_loopback() -> str:
@@ -558,16 +566,19 @@ def _random_loopback() -> str:
 
 
 def _bind_proxy(
-    types: list[str], upstream: tuple[str, int], iam_passwords: dict[str, str]
-) -> tuple[ServerProxy, list[str]]:
-    server_ca, client_ca = CertificateAuthority("fake server CA"), CertificateAuthority("client CA")
+    upstream: tuple[str, int],
+    iam_passwords: dict[str, str],
+    server_ca: CertificateAuthority,
+    client_ca: CertificateAuthority,
+) -> tuple[ServerProxy, dict[str, str]]:
+    """A server proxy on port 3307 of one address per IP type (PRIMARY, PRIVATE, PSC)."""
     for _ in range(20):
-        addresses = [_random_loopback() for _ in types]
+        addresses = [_random_loopback() for _ in range(3)]
         try:
             proxy = ServerProxy(addresses, server_ca, client_ca, upstream, iam_passwords)
         except OSError:  # taken by another run: draw again
             continue
-        return proxy, addresses
+        return proxy, dict(zip(["PRIMARY", "PRIVATE", "PSC"], addresses, strict=True))
     raise RuntimeError("no free loopback addresses for port 3307")
 
 
