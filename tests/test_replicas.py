@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
+from lib import config
+from lib.failures import ConfigError
 from tests.google_fake import GoogleFake
 from tests.test_connect_url import replicas  # noqa: F401 - the primary and its standby
 
@@ -148,3 +150,45 @@ def test_primary_only_never_reads_a_replica(replicas, make_app, google):  # noqa
     response = client.get("/")
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "database_unavailable"
+
+
+CLOUD_ENV = {"DB_NAME": "d", "DB_USER": "u", "DB_PASS": "x"}
+
+
+@pytest.mark.parametrize(
+    "names, attrs, instances, wanted",
+    [
+        ("p:r:main", "", ("p:r:main",), "prefer-standby"),
+        (
+            "p:r:main, p:r:replica-1,p:r:replica-2",
+            "",
+            ("p:r:main", "p:r:replica-1", "p:r:replica-2"),
+            "prefer-standby",
+        ),
+        ("p:r:main,p:r:r1", "read-write", ("p:r:main", "p:r:r1"), "primary"),
+        ("p:r:main,p:r:r1", "READ-ONLY", ("p:r:main", "p:r:r1"), "any"),
+        ("p:r:main,p:r:r1", "standby", ("p:r:main", "p:r:r1"), "standby"),
+    ],
+)
+def test_several_instance_names_and_the_choice(names, attrs, instances, wanted):
+    settings = config.load(
+        {**CLOUD_ENV, "INSTANCE_CONNECTION_NAME": names, "DB_TARGET_SESSION_ATTRS": attrs}
+    )
+    assert settings.cloud_sql.instances == instances
+    assert settings.cloud_sql.target_session_attrs == wanted
+
+
+@pytest.mark.parametrize(
+    "names, attrs, variable, problem",
+    [
+        ("p:r:main,p:r:main", "", "INSTANCE_CONNECTION_NAME", "twice"),
+        ("p:r:main,,p:r:r1", "", "INSTANCE_CONNECTION_NAME", "'' must look like"),
+        ("p:r:main,replica", "", "INSTANCE_CONNECTION_NAME", "'replica' must look like"),
+        ("p:r:main", "prefer-primary", "DB_TARGET_SESSION_ATTRS", "not one of"),
+    ],
+)
+def test_bad_instance_lists_name_the_setting(names, attrs, variable, problem):
+    env = {**CLOUD_ENV, "INSTANCE_CONNECTION_NAME": names, "DB_TARGET_SESSION_ATTRS": attrs}
+    with pytest.raises(ConfigError, match=problem) as caught:
+        config.load(env)
+    assert caught.value.variable == variable
