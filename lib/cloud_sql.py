@@ -37,6 +37,7 @@ from google.cloud.sql.connector.exceptions import AutoIAMAuthNotSupported, Cloud
 
 from lib.config import CloudSql
 from lib.failures import ConfigError, ConnectError
+from lib.iam import IamUser, login_refusal, runtime_user
 from lib.instances import Instances
 
 BACKOFF_FIRST_S = 1.0
@@ -56,7 +57,11 @@ class CloudSqlConnect:
             target=self._loop.run_forever, name="cloud-sql-connector", daemon=True
         )
         self._thread.start()
+        credentials = None
+        self._iam: IamUser | None = IamUser(cs.user, cs.user) if cs.iam_auth and cs.user else None
         try:
+            if cs.iam_auth and not cs.user:  # DB_IAM_AUTH alone: the runtime service account
+                credentials, self._iam = runtime_user()
             self._connector = Connector(
                 ip_type=IPTypes[cs.ip_type],
                 enable_iam_auth=cs.iam_auth,
@@ -65,7 +70,11 @@ class CloudSqlConnect:
                 refresh_strategy="lazy",
                 loop=self._loop,
                 sqladmin_api_endpoint=cs.api_endpoint,
+                credentials=credentials,
             )
+        except ConfigError:
+            self._stop_loop()
+            raise
         except google.auth.exceptions.DefaultCredentialsError as exc:
             self._stop_loop()
             raise ConfigError(
@@ -164,14 +173,14 @@ class CloudSqlConnect:
             conn = await self._connector.connect_async(
                 instance,
                 "pg8000",
-                user=cs.user,
+                user=self._iam.user if self._iam else cs.user,
                 password=cs.password,
                 db=cs.database,
                 **self._driver_args,
             )
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who classifies it
             with contextlib.suppress(InvalidStateError):
-                handover.set_exception(_meaning(exc, instance, cs))  # where __context__ is intact
+                handover.set_exception(_meaning(exc, instance, cs, self._iam))  # __context__ intact
             return
         try:
             handover.set_result(conn)
@@ -235,7 +244,7 @@ def _connect_error(message: str, failure: BaseException) -> ConnectError:
     return error
 
 
-def _meaning(exc: Exception, instance: str, cs: CloudSql) -> Exception:
+def _meaning(exc: Exception, instance: str, cs: CloudSql, iam: IamUser | None) -> Exception:
     """The connector's errors in our terms: what a redeploy must fix is a ConfigError naming
     the setting (the connector's own exception stays its __cause__); the rest is unchanged."""
     if isinstance(exc, KeyError) and isinstance(exc.__context__, Exception):
@@ -256,6 +265,8 @@ def _meaning(exc: Exception, instance: str, cs: CloudSql) -> Exception:
         config = ConfigError(
             "IP_TYPE", f"the instance has no {cs.ip_type.lower()} address; choose another type"
         )
+    elif iam is not None and (refusal := login_refusal(exc, iam, instance)) is not None:
+        config = refusal
     elif isinstance(exc, AutoIAMAuthNotSupported):
         config = ConfigError("DB_IAM_USER", "this instance does not support IAM database login")
     if config is None:

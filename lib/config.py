@@ -152,19 +152,21 @@ def _cloud_sql(env: Mapping[str, str]) -> CloudSql:
     if not database:
         raise ConfigError("DB_NAME", "is required with INSTANCE_CONNECTION_NAME")
     iam_user = env.get("DB_IAM_USER", "").strip()
+    iam_auth = bool(iam_user) or _bool(env, "DB_IAM_AUTH")
     user = env.get("DB_USER", "").strip()
     password = env.get("DB_PASS", "")
-    if iam_user and (user or password):
-        raise ConfigError("DB_IAM_USER", "IAM authentication takes no DB_USER or DB_PASS; keep one")
+    if iam_auth and (user or password):
+        variable = "DB_IAM_USER" if iam_user else "DB_IAM_AUTH"
+        raise ConfigError(variable, "IAM authentication takes no DB_USER or DB_PASS; keep one")
     if iam_user.endswith(".gserviceaccount.com"):
         raise ConfigError(
             "DB_IAM_USER", "drop '.gserviceaccount.com': Cloud SQL names IAM users without it"
         )
-    if not iam_user:
+    if not iam_auth:
         if not user:
-            raise ConfigError("DB_USER", "is required (or DB_IAM_USER for IAM database auth)")
+            raise ConfigError("DB_USER", "is required (or DB_IAM_AUTH=true for IAM database auth)")
         if not password:
-            raise ConfigError("DB_PASS", "is required with DB_USER (or use DB_IAM_USER)")
+            raise ConfigError("DB_PASS", "is required with DB_USER (or use DB_IAM_AUTH=true)")
     ip_type_raw = env.get("IP_TYPE", "").strip().lower()
     if not ip_type_raw:
         ip_type_raw = "private" if _bool(env, "PRIVATE_IP") else "public"
@@ -173,9 +175,9 @@ def _cloud_sql(env: Mapping[str, str]) -> CloudSql:
     return CloudSql(
         instances=instances,
         database=database,
-        user=iam_user or user,
-        password=None if iam_user else password,
-        iam_auth=bool(iam_user),
+        user=iam_user or user,  # empty with DB_IAM_AUTH alone: the runtime service account's
+        password=None if iam_auth else password,
+        iam_auth=iam_auth,
         ip_type=_IP_TYPES[ip_type_raw],
         api_endpoint=_api_endpoint(env.get("CLOUD_SQL_API_ENDPOINT", "")),
         target_session_attrs=_target_session_attrs(env.get("DB_TARGET_SESSION_ATTRS", "")),

@@ -62,6 +62,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ADMIN_SCOPE = "https://www.googleapis.com/auth/sqlservice.admin"
 LOGIN_SCOPE = "https://www.googleapis.com/auth/sqlservice.login"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # google-auth's, whatever the token_uri
 SERVER_PROXY_PORT = 3307
 SSL_REQUEST = 80877103
@@ -161,11 +162,20 @@ class TokenEndpoint:
             self._tokens[token] = (claims["iss"], set(claims.get("scope", "").split()))
         return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
 
+    def mint(self, email: str, scopes: set[str]) -> dict:
+        """A token for `email`, as the metadata server hands one to the runtime's account."""
+        token = "ya29.fake-" + base64.urlsafe_b64encode(random.randbytes(18)).decode()
+        with self._lock:
+            self._tokens[token] = (email, scopes)
+        return {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+
     def principal(self, token: str, scope: str) -> str | None:
-        """The principal a token was issued to, if it carries `scope`."""
+        """The principal a token was issued to, if it carries `scope` (cloud-platform
+        carries the Admin API's, not the login's)."""
         with self._lock:
             email, scopes = self._tokens.get(token, ("", set()))
-        return email if scope in scopes else None
+        admin = scope == ADMIN_SCOPE and CLOUD_PLATFORM_SCOPE in scopes
+        return email if scope in scopes or admin else None
 
     def _verified_claims(self, assertion: str) -> dict:
         head, body, signature = assertion.split(".")
@@ -286,7 +296,8 @@ class ServerProxy:
     ) -> None:
         self.upstream = upstream
         self.server_ca, self.client_ca = server_ca, client_ca
-        self.iam_passwords = iam_passwords  # IAM role -> its PostgreSQL password
+        # IAM user -> its PostgreSQL password; an IAM user not added to the instance has none
+        self.iam_passwords = iam_passwords
         self._context = _server_context(addresses, server_ca, client_ca)
         self._lock = threading.Lock()
         self.tunnels: Counter = Counter()  # per address
@@ -296,6 +307,7 @@ class ServerProxy:
         self.iam_logins: list[str] = []
         self.client_serials: set[int] = set()
         self.login_delay_s = 0.0  # a slow login: wait this long before PostgreSQL sees it
+        self.login_denied: set[str] = set()  # principals without cloudsql.instances.login
         self._sockets: set[socket.socket] = set()
         self._listeners: list[socket.socket] = []
         try:
@@ -374,6 +386,15 @@ class ServerProxy:
         user = params.get("user", "")
         if user != principals[0].removesuffix(".gserviceaccount.com"):
             client.sendall(_error("28000", f"user {user} is not the certificate's principal"))
+            upstream.close()
+            return None
+        if principals[0] in self.login_denied:
+            message = f'Cloud SQL IAM service account authentication failed for user "{user}"'
+            client.sendall(_error("28000", message))
+            upstream.close()
+            return None
+        if user not in self.iam_passwords:  # what PostgreSQL says of an unknown role
+            client.sendall(_error("28000", f'role "{user}" does not exist'))
             upstream.close()
             return None
         _login(upstream, user, self.iam_passwords[user])
@@ -493,6 +514,7 @@ class GoogleFake:
         self.instance = instance
         key = rsa_key("service account")
         self.tokens = TokenEndpoint(key, "key-1", email)
+        self.runtime_email = email  # the service account the metadata server names
         self.iam_passwords: dict[str, str] = {}
         server_ca, client_ca = (
             CertificateAuthority("fake server CA"),
@@ -549,6 +571,38 @@ class GoogleFake:
         self.proxies[instance] = proxy
         return proxy
 
+    def metadata(self, path: str, flavor: str | None) -> tuple[int, dict | str]:
+        """The metadata server of a Cloud Run instance running as `runtime_email`: what
+        google-auth asks (the ping at /, the account's email, its tokens, the project)."""
+        self.api.calls["metadata"] += 1
+        if flavor != "Google":
+            return 403, "Missing Metadata-Flavor:Google header."
+        route, _, query = path.partition("?")
+        base = "/computeMetadata/v1/"
+        if route == "/":
+            return 200, "computeMetadata/"
+        if route == base + "project/project-id":
+            return 200, self.api.project
+        account, _, leaf = route.removeprefix(base + "instance/service-accounts/").partition("/")
+        if account not in ("default", self.runtime_email):  # by alias or by email
+            return 404, "Not Found"
+        if leaf == "":
+            return 200, {"email": self.runtime_email, "scopes": [CLOUD_PLATFORM_SCOPE]}
+        if leaf == "token":
+            scopes = parse_qs(query).get("scopes", [CLOUD_PLATFORM_SCOPE])[0].split(",")
+            return 200, self.tokens.mint(self.runtime_email, set(scopes))
+        return 404, "Not Found"
+
+    def metadata_env(self, **extra: str) -> dict[str, str]:
+        """The function's environment on Cloud Run: no key file, the metadata server's address."""
+        host = self.endpoint.removeprefix("http://")
+        return {
+            **self.env(**extra),
+            "GOOGLE_APPLICATION_CREDENTIALS": "",
+            "GCE_METADATA_HOST": host,
+            "GCE_METADATA_IP": host,
+        }
+
     def refreshes(self) -> int:
         """Certificate refreshes so far: each asks for one ephemeral certificate."""
         return self.api.calls["generateEphemeralCert"]
@@ -586,6 +640,9 @@ def _handler(fake: GoogleFake) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             fake.api.timeline.append((time.monotonic(), f"GET {self.path}"))
+            if self.path == "/" or self.path.startswith("/computeMetadata/"):
+                self._answer(*fake.metadata(self.path, self.headers.get("Metadata-Flavor")))
+                return
             self._answer(*fake.api.handle("GET", self.path, self._token(), {}))
 
         def do_POST(self) -> None:
@@ -600,10 +657,11 @@ def _handler(fake: GoogleFake) -> type[BaseHTTPRequestHandler]:
         def _token(self) -> str:
             return self.headers.get("Authorization", "").removeprefix("Bearer ")
 
-        def _answer(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
+        def _answer(self, status: int, payload: dict | str) -> None:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             try:
                 self.send_response(status)
+                self.send_header("Metadata-Flavor", "Google")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -1,0 +1,92 @@
+"""IAM database login: who the function logs in as, and what to fix when Cloud SQL says no.
+
+With DB_IAM_AUTH=true and no DB_IAM_USER, the database user is the runtime service account:
+its email from the credentials (a key file, impersonation), or, on Cloud Run, from the
+metadata server, which google-auth asks when it refreshes the credentials. Cloud SQL names
+an IAM user for a service account by its email without `.gserviceaccount.com`.
+
+An IAM login can fail in four places, each with its own fix. The Admin API refusing (no
+roles/cloudsql.client) is read in lib/cloud_sql.py; a statement refused (no GRANT) in
+lib/failures.py; the two refusals at login are read here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import google.auth
+import google.auth.exceptions
+import google.auth.transport.requests
+
+from lib.failures import ConfigError, server_fields, sqlstate
+
+log = logging.getLogger(__name__)
+
+ADMIN_SCOPE = "https://www.googleapis.com/auth/sqlservice.admin"
+_SUFFIX = ".gserviceaccount.com"
+
+
+@dataclass(frozen=True)
+class IamUser:
+    """The database user of an IAM login, and the principal behind it."""
+
+    user: str  # as Cloud SQL names it: the email without .gserviceaccount.com
+    email: str  # the principal, for the gcloud commands in a fix
+
+
+def runtime_user() -> tuple[Any, IamUser]:
+    """Google's default credentials and the database user of their service account.
+    Raises ConfigError when there are none, or they are not a service account's."""
+    try:
+        credentials, _ = google.auth.default(scopes=[ADMIN_SCOPE])
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise ConfigError(
+            "DB_IAM_AUTH",
+            "no Google credentials found to take the database user from: run as a service "
+            "account (Cloud Run does) or set GOOGLE_APPLICATION_CREDENTIALS",
+        ) from exc
+    email = getattr(credentials, "service_account_email", None)
+    source = "the credentials"
+    if email == "default":  # Compute Engine credentials: the metadata server knows the email
+        try:
+            credentials.refresh(google.auth.transport.requests.Request())
+        except google.auth.exceptions.RefreshError as exc:
+            raise ConfigError(
+                "DB_IAM_AUTH",
+                "the metadata server did not name the service account: set DB_IAM_USER",
+            ) from exc
+        email, source = credentials.service_account_email, "the metadata server"
+    if not email or "@" not in email:
+        raise ConfigError(
+            "DB_IAM_AUTH",
+            f"the credentials ({type(credentials).__name__}) are not a service account's, so "
+            "they name no database user: set DB_IAM_USER, or run as a service account",
+        )
+    iam = IamUser(email.removesuffix(_SUFFIX), email)
+    log.info("IAM database login as %s (service account %s, from %s)", iam.user, email, source)
+    return credentials, iam
+
+
+def login_refusal(exc: BaseException, iam: IamUser, instance: str) -> ConfigError | None:
+    """The fix for an IAM login that Cloud SQL refused, or None if `exc` is not one."""
+    code = sqlstate(exc) or ""
+    if not code.startswith("28"):
+        return None
+    message = (server_fields(exc) or {}).get("M", "")
+    name = instance.rsplit(":", 1)[-1]
+    if "IAM" in message:
+        return ConfigError(
+            "DB_IAM_AUTH",
+            f"Cloud SQL refused the IAM login of {iam.user} on '{instance}' ({message}): grant "
+            f"{iam.email} roles/cloudsql.instanceUser (permission cloudsql.instances.login) "
+            "and check that the instance has cloudsql.iam_authentication=on",
+        )
+    if "does not exist" in message:
+        return ConfigError(
+            "DB_IAM_AUTH",
+            f"{iam.user} is not a database user of '{instance}': add it with `gcloud sql users "
+            f"create {iam.user} --instance={name} --type=cloud_iam_service_account`",
+        )
+    return None
