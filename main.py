@@ -21,7 +21,7 @@ DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=
 
 @functions_framework.http
 @responses.unread_body
-@telemetry.logged(DB.pool_state)
+@telemetry.logged(DB.pool_state, SETTINGS.project)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":

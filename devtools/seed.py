@@ -42,6 +42,14 @@ def connect(url: str) -> pg8000.dbapi.Connection:
     return conn
 
 
+def seed_server(url: str, users: int) -> None:
+    """A fresh server made ready: the schema and `users` sample users."""
+    conn = connect(url)
+    create_schema(conn)
+    seed_users(conn, users, progress=False)
+    conn.close()
+
+
 def create_schema(conn: pg8000.dbapi.Connection) -> None:
     conn.cursor().execute((SQL_DIR / "schema.sql").read_text())
 

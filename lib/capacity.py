@@ -12,10 +12,10 @@ that prints a plan is devtools/plan.py (`make plan`).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from lib import driver
 from lib.config import Settings
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,14 @@ def check_budget(dbapi_connection: Any, settings: Settings) -> None:
         max_connections,
         reserved,
         everyone - ours,
-        int(os.environ.get("WORKERS") or 1),
+        settings.workers,
         settings.pool_size,
         settings.max_overflow,
         OVERSHOOT,
     )
-    instances = os.environ.get("FLEET_MAX_INSTANCES", "").strip()
-    if instances.isdigit():
-        fits, fleet = int(instances) <= plan.max_instances, f"{instances} instances"
+    instances = settings.fleet_max_instances
+    if instances is not None:
+        fits, fleet = instances <= plan.max_instances, f"{instances} instances"
     else:
         fits, fleet = ours - 1 + plan.per_instance <= plan.available, f"{ours} connections seen"
     if not fits:
@@ -130,14 +130,12 @@ def check_budget(dbapi_connection: Any, settings: Settings) -> None:
 def read_budget(dbapi_connection: Any, application_name: str) -> tuple[int, int, int, int]:
     """max_connections, superuser_reserved_connections, client backends carrying
     `application_name`, and all client backends (this connection included)."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute(
+    [row] = driver.fetch(
+        dbapi_connection,
         "SELECT current_setting('max_connections')::int, "
         "current_setting('superuser_reserved_connections')::int, "
         "count(*) FILTER (WHERE application_name = %s), count(*) "
         "FROM pg_stat_activity WHERE backend_type = 'client backend'",
         (application_name,),
     )
-    row = cursor.fetchone()
-    cursor.close()
     return tuple(row)  # type: ignore[return-value]

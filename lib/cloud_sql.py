@@ -11,7 +11,8 @@ instance's server proxy (port 3307) and logs in through it. It leaves three thin
 - Admin API quota. After a failed connect the connector refreshes its certificate on the
   next one (two API calls), and concurrent failing connects each refresh. Until a connect
   succeeds, one attempt runs at a time; after a failure, one per back-off interval (1 s
-  doubling to 30 s), and meanwhile requests are answered from the last failure at once.
+  doubling to 30 s, each up to a quarter longer at random), and meanwhile requests are
+  answered from the last failure at once.
 - Meaning. An Admin API refusal (403, 404), a wrong region or a missing IP type becomes a
   ConfigError naming the setting to fix; a driver error keeps its SQLSTATE. Either is the
   `__cause__` of the ConnectError raised to the pool.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -31,12 +33,12 @@ from typing import Any
 
 import aiohttp
 import google.auth.exceptions
-import pg8000.dbapi
 from google.cloud.sql.connector import Connector, IPTypes
 from google.cloud.sql.connector.exceptions import AutoIAMAuthNotSupported, CloudSQLIPTypeError
 
+from lib import driver
 from lib.config import CloudSql
-from lib.failures import ConfigError, ConnectError
+from lib.errors import ConfigError, ConnectError
 from lib.iam import IamUser, login_refusal, runtime_user
 from lib.instances import Instances
 
@@ -90,7 +92,7 @@ class CloudSqlConnect:
         self._turn = threading.Lock()  # held by the one attempt allowed while not healthy
         self._instances = Instances(cs.instances, cs.target_session_attrs)
 
-    def __call__(self) -> Any:
+    def __call__(self) -> driver.Connection:
         """A new connection, or ConnectError within DB_CONNECT_TIMEOUT (`__cause__` says why)."""
         deadline = time.monotonic() + self._timeout
         if self._healthy:  # the common case: connects run side by side
@@ -140,7 +142,7 @@ class CloudSqlConnect:
         finally:
             self._turn.release()
 
-    def _attempt(self, deadline: float, remember_timeout: bool = True) -> Any:
+    def _attempt(self, deadline: float, remember_timeout: bool = True) -> driver.Connection:
         try:
             conn = self._instances.connect(self._open_one, deadline)
         except Exception as failure:  # remembered, then raised as the cause
@@ -172,7 +174,7 @@ class CloudSqlConnect:
         try:
             conn = await self._connector.connect_async(
                 instance,
-                "pg8000",
+                driver.NAME,
                 user=self._iam.user if self._iam else cs.user,
                 password=cs.password,
                 db=cs.database,
@@ -194,7 +196,11 @@ class CloudSqlConnect:
                 self._interval = BACKOFF_FIRST_S
             elif now >= self._retry_at:  # a retry after the interval failed too
                 self._interval = min(self._interval * 2, BACKOFF_MAX_S)
-            self._healthy, self._failure, self._retry_at = False, failure, now + self._interval
+            # Up to a quarter later, at random: instances that failed together (a fleet after
+            # an outage) come back apart, and never sooner than the interval.
+            jitter = random.uniform(1, 1.25)  # noqa: S311 - not for security
+            self._healthy, self._failure = False, failure
+            self._retry_at = now + self._interval * jitter
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -232,7 +238,7 @@ def _close_if_dropped(task: asyncio.Task, login: Future) -> None:
 
 
 def _close_quietly(conn: Any) -> None:
-    if isinstance(conn, pg8000.dbapi.Connection):
+    if driver.is_connection(conn):
         with contextlib.suppress(Exception):
             conn.close()
 

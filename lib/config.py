@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from lib import database_url
 from lib.database_url import DatabaseUrl
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 from lib.resource import Resource, columns_setting
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,9 @@ class Settings:
     max_waiting: int | None  # requests allowed to wait for a connection; None = no limit
     # Behind a transaction pooler (PgBouncer & co): True, False, or None to find out.
     transaction_pooler: bool | None
+    workers: int  # gunicorn worker processes per instance (WORKERS): each has its own pool
+    fleet_max_instances: int | None  # the deploy's --max-instances, when told (cloudbuild.yaml)
+    project: str | None  # the Google Cloud project, for trace links in log lines
     url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
     schema: str | None = None  # the served table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
@@ -103,6 +106,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "idle_timeout": _float(env, "DB_IDLE_TIMEOUT", 10.0, allow_zero=True),
         "max_waiting": _int(env, "DB_MAX_WAITING", None, minimum=0),
         "transaction_pooler": _pooler(env.get("DB_TRANSACTION_POOLER", "")),
+        "workers": _int(env, "WORKERS", 1, minimum=1),
+        "fleet_max_instances": _int(env, "FLEET_MAX_INSTANCES", None, minimum=1),
+        "project": env.get("GOOGLE_CLOUD_PROJECT", "").strip()
+        or env.get("GCP_PROJECT", "").strip()
+        or None,
     }
     if has_url:
         return _with_url(database_url.parse(env["DATABASE_URL"].strip()), env, common)

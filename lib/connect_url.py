@@ -3,90 +3,56 @@
 pg8000 dials one host and takes any authentication the server proposes. libpq, whose URLs
 users paste, tries a list of hosts in order, each within connect_timeout, keeps the first
 that matches target_session_attrs, refuses a server that will not do channel binding when
-asked to, and tunes TCP keepalives. This module does those things, then hands pg8000 the
-open socket.
+asked to, and tunes TCP keepalives. This module does those things, then hands the driver
+(lib/driver.py) the open socket.
 """
 
 from __future__ import annotations
 
 import random
 import socket
-import ssl
 import struct
 import time
 from typing import Any
 
-import pg8000.dbapi
-
+from lib import driver
 from lib.database_url import DatabaseUrl, Host, Keepalives, wire
-from lib.failures import ConnectError, describe, may_pass, misconfiguration, sqlstate
+from lib.errors import ConnectMayPass, ConnectMisconfigured
+from lib.failures import describe, may_pass, misconfiguration, sqlstate
 from lib.session import Session
 
 # Host names that resolved at least once in this process: a name that never did is a typo
 # (a configuration error); one that did and fails now is a DNS outage (it may pass).
 _resolved: set[str] = set()
-_PLUS = b"SCRAM-SHA-256-PLUS"
 
 
-class Connection(pg8000.dbapi.Connection):
-    """pg8000's connection, refusing an authentication that DATABASE_URL forbids (channel
-    binding, require_auth) before any password is sent, as libpq does."""
+def _policy(url: DatabaseUrl) -> driver.AuthPolicy:
+    """What DATABASE_URL allows, checked when the server names its authentication method,
+    before any password is sent (libpq's channel_binding and require_auth)."""
 
-    def __init__(self, *args: Any, url: DatabaseUrl, **kwargs: Any) -> None:
-        self._url = url
-        self._method: str | None = None  # the authentication the server asked for
-        super().__init__(*args, **kwargs)
-
-    def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
-        code = struct.unpack_from("!i", data)[0]
-        tls = isinstance(self._usock, ssl.SSLSocket)
-        if code == 10:  # SASL: pg8000 picks SCRAM-SHA-256-PLUS when offered over TLS
-            plus = tls and _PLUS in data and self._url.channel_binding != "disable"
-            self._method = "scram-sha-256-plus" if plus else "scram-sha-256"
-            self._allow(self._method)
-        elif code in (3, 5):
-            self._method = "password" if code == 3 else "md5"
-            self._allow(self._method)
-        elif code == 0 and self._method is None:
-            self._method = "none"  # trust: the server asked for nothing
-            self._allow("none")
-        if code == 10 and tls and self._url.channel_binding == "disable":
-            # pg8000 binds the channel whenever its socket is TLS: hide it for this one
-            # message, so SCRAM says "client does not support binding" ('n'), as libpq does.
-            usock, self._usock = self._usock, None
-            try:
-                super().handle_AUTHENTICATION_REQUEST(data, context)
-            finally:
-                self._usock = usock
-            return
-        super().handle_AUTHENTICATION_REQUEST(data, context)
-
-    def _allow(self, method: str) -> None:
-        url = self._url
+    def allow(method: str) -> None:
         if method != "none" and url.password is None:
-            raise ConnectError(
-                f"the server asks for a password ({method}), but DATABASE_URL gives no password",
-                misconfigured=True,
+            raise ConnectMisconfigured(
+                f"the server asks for a password ({method}), but DATABASE_URL gives no password"
             )
         if method.startswith("scram") and not _utf8(url.user + (url.password or "")):
-            raise ConnectError(
+            raise ConnectMisconfigured(
                 "the user or password is not UTF-8, and pg8000's SCRAM-SHA-256 sends only "
-                "UTF-8: percent-encode the UTF-8 form, or use md5/password authentication",
-                misconfigured=True,
+                "UTF-8: percent-encode the UTF-8 form, or use md5/password authentication"
             )
         if url.channel_binding == "require" and method != "scram-sha-256-plus":
-            raise ConnectError(
+            raise ConnectMisconfigured(
                 "channel_binding=require, but the server authenticates with "
                 f"'{method}' (needs SCRAM-SHA-256-PLUS over TLS): fix the server's "
-                "pg_hba.conf/password_encryption, or drop channel_binding=require",
-                misconfigured=True,
+                "pg_hba.conf/password_encryption, or drop channel_binding=require"
             )
         if url.require_auth is not None and method.removesuffix("-plus") not in url.require_auth:
-            raise ConnectError(
+            raise ConnectMisconfigured(
                 f"require_auth allows {', '.join(sorted(url.require_auth))}, but the server "
-                f"asked for '{method}'",
-                misconfigured=True,
+                f"asked for '{method}'"
             )
+
+    return allow
 
 
 def _utf8(text: str) -> bool:
@@ -112,7 +78,7 @@ def connect(
     timeout: float,
     application_name: str | None = None,
     session: Session | None = None,
-) -> Connection:
+) -> driver.Connection:
     """A connection to the first host of the URL that answers and matches
     target_session_attrs (libpq's order; shuffled with load_balance_hosts=random).
 
@@ -151,7 +117,7 @@ def _first_host(
     application_name: str | None,
     session: Session | None,
     failures: list[tuple[Host, BaseException]],
-) -> Connection | None:
+) -> driver.Connection | None:
     """One pass over the URL's hosts: the first that serves, or None with why each failed
     appended to `failures`."""
     hosts = list(url.hosts)
@@ -171,7 +137,7 @@ def _first_host(
             if mismatch is None:
                 return conn
             conn.close()
-            failures.append((host, ConnectError(f"{host} {mismatch}", misconfigured=False)))
+            failures.append((host, ConnectMayPass(f"{host} {mismatch}")))
     return None
 
 
@@ -181,7 +147,7 @@ def _connect_host(
     timeout: float,
     application_name: str | None,
     session: Session | None,
-) -> Connection:
+) -> driver.Connection:
     """Log in to one host; again without our settings if a pooler refused them, and (libpq's
     sslmode=allow) again over TLS if the server refused the plaintext login."""
     encrypt = url.sslmode != "allow"
@@ -191,17 +157,16 @@ def _connect_host(
             if encrypt and not host.socket_path and url.ssl_context is not None:
                 sock = _start_tls(sock, url, host)
             params = session.startup_params() if session else dict(url.options)
-            return Connection(
+            return driver.connect(
+                sock,
                 user=wire(url.user),
                 database=wire(url.database),
                 password=wire(url.password) if url.password is not None else None,
-                ssl_context=False,  # TLS, if any, is ours: see _start_tls
                 timeout=timeout,
-                tcp_keepalive=False,  # set on the socket, with our timings
                 application_name=wire(application_name) if application_name else None,
                 startup_params={key: wire(value) for key, value in params.items()},
-                sock=sock,
-                url=url,
+                allow=_policy(url),
+                bind_channel=url.channel_binding != "disable",
             )
         except Exception as exc:
             sock.close()
@@ -227,9 +192,8 @@ def _start_tls(sock: socket.socket, url: DatabaseUrl, host: Host) -> socket.sock
                 raise ConnectionResetError("the server closed the connection at SSLRequest")
             if url.sslmode in ("allow", "prefer"):
                 return sock
-            raise ConnectError(
-                f"TLS is required (sslmode={url.sslmode}) but the server does not offer it",
-                misconfigured=True,
+            raise ConnectMisconfigured(
+                f"TLS is required (sslmode={url.sslmode}) but the server does not offer it"
             )
     return context.wrap_socket(sock, server_hostname=name if url.sslsni else None)
 
@@ -251,9 +215,8 @@ def _open_socket(host: Host, timeout: float, keepalives: Keepalives | None) -> s
     except socket.gaierror as exc:
         unknown = exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
         if unknown and host.name not in _resolved:
-            raise ConnectError(
-                f"host '{host.name}' does not resolve: check the host in DATABASE_URL",
-                misconfigured=True,
+            raise ConnectMisconfigured(
+                f"host '{host.name}' does not resolve: check the host in DATABASE_URL"
             ) from exc
         raise
     _resolved.add(host.name)
@@ -271,7 +234,7 @@ def _open_socket(host: Host, timeout: float, keepalives: Keepalives | None) -> s
     return sock
 
 
-def _mismatch(conn: Connection, attrs: str) -> str | None:
+def _mismatch(conn: driver.Connection, attrs: str) -> str | None:
     """Why this server does not match target_session_attrs, or None.
 
     The function's own sessions are read-only by design, so libpq's session-level test would
@@ -280,19 +243,17 @@ def _mismatch(conn: Connection, attrs: str) -> str | None:
     """
     if attrs in ("any", "read-only"):
         return None
-    standby = conn.parameter_statuses.get("in_hot_standby")  # reported by PostgreSQL 14+
+    standby = driver.parameter(conn, "in_hot_standby")  # reported by PostgreSQL 14+
     if standby is None:
-        cursor = conn.cursor()
-        cursor.execute("SELECT pg_is_in_recovery()")
-        standby = "on" if cursor.fetchone()[0] else "off"
-        cursor.close()
+        [(recovery,)] = driver.fetch(conn, "SELECT pg_is_in_recovery()")
+        standby = "on" if recovery else "off"
     if (standby == "on") == (attrs in ("standby", "prefer-standby")):
         return None
     return "is a standby" if standby == "on" else "is not a standby"
 
 
 def _is_mismatch(exc: BaseException) -> bool:
-    return isinstance(exc, ConnectError) and exc.misconfigured is False
+    return isinstance(exc, ConnectMayPass)
 
 
 def _no_host(failures: list[tuple[Host, BaseException]]) -> BaseException:
@@ -300,10 +261,10 @@ def _no_host(failures: list[tuple[Host, BaseException]]) -> BaseException:
     if len(failures) == 1:
         return failures[0][1]
     misconfigured = all(misconfiguration(exc) is not None for _, exc in failures)
-    error = ConnectError(
+    kind = ConnectMisconfigured if misconfigured else ConnectMayPass
+    error = kind(
         "no host of DATABASE_URL could serve: "
-        + "; ".join(f"{host}: {describe(exc)}" for host, exc in failures),
-        misconfigured=misconfigured,
+        + "; ".join(f"{host}: {describe(exc)}" for host, exc in failures)
     )
     error.__cause__ = failures[-1][1]
     return error

@@ -23,7 +23,7 @@ import ssl
 import warnings
 from dataclasses import dataclass, field
 
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 
 SCHEMES = ("postgresql", "postgres", "postgresql+pg8000")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")

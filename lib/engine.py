@@ -21,9 +21,10 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from lib import connect_url
+from lib import connect_url, driver
 from lib.config import Settings
-from lib.failures import ConnectionLost, PoolBusy, is_disconnect
+from lib.errors import ConnectionLost, PoolBusy
+from lib.failures import is_disconnect
 from lib.session import Session
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,7 @@ class Database:
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
         self.session = Session(settings)
-        # Admission: connections plus waiters; past it a request is refused at once (503).
-        self._admission = (
-            threading.BoundedSemaphore(
-                settings.pool_size + settings.max_overflow + settings.max_waiting
-            )
-            if settings.max_waiting is not None
-            else None
-        )
+        self._admission = Admission(settings)
         os.register_at_fork(after_in_child=self._forget_parent)
         atexit.register(self.close)
 
@@ -87,15 +81,13 @@ class Database:
         Waits at most DB_POOL_TIMEOUT (then sqlalchemy's TimeoutError), and not at all when
         DB_MAX_WAITING requests already wait (PoolBusy): shedding load beats queueing it.
         """
-        if self._admission is not None and not self._admission.acquire(blocking=False):
-            raise PoolBusy()
+        self._admission.enter()
         with self._lock:
             self._waiting += 1
         try:
             return self.engine().raw_connection()
         except BaseException as exc:
-            if self._admission is not None:
-                self._admission.release()
+            self._admission.leave()
             cloud_sql = self._cloud_sql
             if isinstance(exc, PoolTimeout) and cloud_sql is not None and not cloud_sql.healthy:
                 # The slots were held by connects that fail or hang, not by busy
@@ -108,8 +100,7 @@ class Database:
 
     def release(self, conn: PoolProxiedConnection) -> None:
         conn.close()
-        if self._admission is not None:
-            self._admission.release()
+        self._admission.leave()
 
     def fetch(self, conn: PoolProxiedConnection, sql: str) -> list[Any]:
         """Run one statement and return its rows: the hot path, on the DB-API connection.
@@ -118,10 +109,8 @@ class Database:
         the pool is all we need from it. A dead connection is discarded (with every pooled one
         idle since, on their next checkout) and raised as ConnectionLost.
         """
-        cursor = conn.cursor()
         try:
-            cursor.execute(sql)
-            return cursor.fetchall()
+            return driver.fetch(conn, sql)
         except Exception as exc:
             if not is_disconnect(exc):
                 raise
@@ -177,7 +166,7 @@ class Database:
         else:
             url, session = s.url, self.session  # config.load sets url or cloud_sql
 
-            def creator() -> connect_url.Connection:
+            def creator() -> driver.Connection:
                 return connect_url.connect(
                     url,
                     timeout=s.connect_timeout,
@@ -185,7 +174,7 @@ class Database:
                     session=session,
                 )
 
-        engine = create_engine("postgresql+pg8000://", creator=creator, **self._pool_args())
+        engine = create_engine(driver.DIALECT, creator=creator, **self._pool_args())
         self._listen(engine)
         return engine
 
@@ -203,37 +192,70 @@ class Database:
         }
 
     def _listen(self, engine: Engine) -> None:
-        read_timeout = self.settings.statement_timeout_ms / 1000 + self.settings.connect_timeout
-        idle_timeout = self.settings.idle_timeout
+        s = self.settings
+        # A read may legitimately last as long as statement_timeout, plus a margin.
+        read_timeout = s.statement_timeout_ms / 1000 + s.connect_timeout
 
-        @event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            # pg8000 keeps its connect timeout as the socket timeout of every later read;
-            # a read may legitimately last as long as statement_timeout, plus a margin.
-            sock = getattr(dbapi_connection, "_usock", None)
-            if sock is not None:
-                sock.settimeout(read_timeout)
-            self.session.configure(dbapi_connection)
-            record.info["idle_since"] = time.monotonic()
+            configure(dbapi_connection, record, self.session, read_timeout)
 
-        @event.listens_for(engine, "checkin")
-        def on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-            record.info["idle_since"] = time.monotonic()
+        def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+            check(dbapi_connection, record, s.idle_timeout, self._lost_at)
 
-        @event.listens_for(engine, "checkout")
-        def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-            idle_since = record.info.get("idle_since", 0.0)
-            idle = time.monotonic() - idle_since
-            if idle_timeout and idle > idle_timeout:
-                # Idle past DB_IDLE_TIMEOUT: the server may already have closed it
-                # (idle_session_timeout); open a new one rather than trust this one.
-                raise DisconnectionError("idle timeout")
-            if idle < PING_AFTER_IDLE_S and idle_since > self._lost_at:
-                return
-            try:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("SELECT 1")
-                cursor.close()
-            except Exception as exc:
-                log.warning("dropping a dead pooled connection (%s)", type(exc).__name__)
-                raise DisconnectionError() from exc  # the pool retries with a new connection
+        event.listen(engine, "connect", on_connect)
+        event.listen(engine, "checkout", on_checkout)
+        event.listen(engine, "checkin", idle_from_now)
+
+
+class Admission:
+    """Connections plus DB_MAX_WAITING waiters: past that, a request is refused at once
+    (PoolBusy, a 503) rather than queued. No limit when DB_MAX_WAITING is not set."""
+
+    def __init__(self, settings: Settings) -> None:
+        limit = settings.max_waiting
+        self._slots = (
+            threading.BoundedSemaphore(settings.pool_size + settings.max_overflow + limit)
+            if limit is not None
+            else None
+        )
+
+    def enter(self) -> None:
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            raise PoolBusy()
+
+    def leave(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+
+def configure(
+    dbapi_connection: Any, record: ConnectionPoolEntry, session: Session, read_timeout: float
+) -> None:
+    """A new connection: its read timeout, the session's checks, idle from now."""
+    driver.set_read_timeout(dbapi_connection, read_timeout)
+    session.configure(dbapi_connection)
+    idle_from_now(dbapi_connection, record)
+
+
+def idle_from_now(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def check(
+    dbapi_connection: Any, record: ConnectionPoolEntry, idle_timeout: float, lost_at: float
+) -> None:
+    """At checkout: is this pooled connection still worth handing out? Raising
+    DisconnectionError makes the pool open a new one instead."""
+    idle_since = record.info.get("idle_since", 0.0)
+    idle = time.monotonic() - idle_since
+    if idle_timeout and idle > idle_timeout:
+        # Idle past DB_IDLE_TIMEOUT: the server may already have closed it
+        # (idle_session_timeout); open a new one rather than trust this one.
+        raise DisconnectionError("idle timeout")
+    if idle < PING_AFTER_IDLE_S and idle_since > lost_at:
+        return  # in steady use, and no connection found dead since: no round trip
+    try:
+        driver.fetch(dbapi_connection, "SELECT 1")
+    except Exception as exc:
+        log.warning("dropping a dead pooled connection (%s)", type(exc).__name__)
+        raise DisconnectionError() from exc  # the pool retries with a new connection

@@ -20,7 +20,8 @@ import google.auth
 import google.auth.exceptions
 import google.auth.transport.requests
 
-from lib.failures import ConfigError, server_fields, sqlstate
+from lib.errors import ConfigError
+from lib.failures import server_error
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,10 @@ def runtime_user() -> tuple[Any, IamUser]:
 
 def login_refusal(exc: BaseException, iam: IamUser, instance: str) -> ConfigError | None:
     """The fix for an IAM login that Cloud SQL refused, or None if `exc` is not one."""
-    code = sqlstate(exc) or ""
-    if not code.startswith("28"):
+    error = server_error(exc)
+    if error is None or not error.sqlstate.startswith("28"):
         return None
-    message = (server_fields(exc) or {}).get("M", "")
+    message = error.message
     name = instance.rsplit(":", 1)[-1]
     if "IAM" in message:
         return ConfigError(

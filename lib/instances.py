@@ -27,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lib.failures import ConnectError, describe, misconfiguration
+from lib import driver
+from lib.errors import ConnectMayPass, ConnectMisconfigured
+from lib.failures import describe, misconfiguration
 
 log = logging.getLogger(__name__)
 
@@ -142,35 +144,30 @@ class Instances:
         """One failure as it is; several as one naming each instance, misconfigured only if
         every one is; none (all reached, none of the wanted role) as an outage."""
         if not failures:
-            return ConnectError(
+            return ConnectMayPass(
                 f"no instance of INSTANCE_CONNECTION_NAME is a {wanted} now "
-                f"(DB_TARGET_SESSION_ATTRS={self.attrs})",
-                misconfigured=False,
+                f"(DB_TARGET_SESSION_ATTRS={self.attrs})"
             )
         if len(failures) == 1:
             return failures[0][1]  # type: ignore[return-value]
         fixes = [exc for _, exc in failures if misconfiguration(exc) is not None]
-        error = ConnectError(
+        misconfigured = len(fixes) == len(failures)
+        kind = ConnectMisconfigured if misconfigured else ConnectMayPass
+        error = kind(
             "no instance could serve: "
-            + "; ".join(f"{name}: {describe(exc)}" for name, exc in failures),
-            misconfigured=len(fixes) == len(failures),
+            + "; ".join(f"{name}: {describe(exc)}" for name, exc in failures)
         )
-        error.__cause__ = fixes[0] if len(fixes) == len(failures) else failures[-1][1]
+        error.__cause__ = fixes[0] if misconfigured else failures[-1][1]
         return error
 
 
 def is_standby(conn: Any) -> bool:
     """Is this connection's server a hot standby? PostgreSQL 14+ reports in_hot_standby at
     login (no round trip); older servers are asked."""
-    reported = getattr(conn, "parameter_statuses", {}).get("in_hot_standby")
+    reported = driver.parameter(conn, "in_hot_standby")
     if reported is not None:
         return reported == "on"
-    cursor = conn.cursor()
-    try:
-        cursor.execute("SELECT pg_is_in_recovery()")
-        return bool(cursor.fetchone()[0])
-    finally:
-        cursor.close()
+    return bool(driver.fetch(conn, "SELECT pg_is_in_recovery()")[0][0])
 
 
 def _close_quietly(conn: Any) -> None:

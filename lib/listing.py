@@ -16,10 +16,11 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import statements, telemetry
 from lib.engine import Database
-from lib.failures import ConnectionLost
+from lib.errors import ConfigError, ConnectionLost, ServerError
 from lib.paging import PageRequest
 from lib.resource import Resource
 
+UNDEFINED_COLUMN = "42703"
 PAGE_ROWS = 5000  # rows per round trip when streaming every row (~0.5 MB of users' JSON)
 
 # The (resource, schema) pairs whose columns each Database has found: checked on first use,
@@ -84,7 +85,14 @@ def fetch_page(
 ) -> Page:
     """One page in one round trip (no bind parameters: pg8000 then uses simple query)."""
     sql = statements.page_sql(resource, schema, after, limit)
-    [(rows, last_id, text, more)] = db.fetch(conn, sql)
+    try:
+        [(rows, last_id, text, more)] = db.fetch(conn, sql)
+    except ServerError as exc:
+        if exc.sqlstate == UNDEFINED_COLUMN:  # dropped since the columns were checked
+            raise ConfigError(
+                resource.columns_setting, f"{exc.message}: the table no longer has it"
+            ) from exc
+        raise
     return Page(rows=rows, last_id=last_id, json=text, more=more)
 
 

@@ -16,9 +16,11 @@ import re
 import threading
 from typing import Any
 
+from lib import driver
 from lib.capacity import check_budget
 from lib.config import Settings
-from lib.failures import ConnectError, server_fields
+from lib.errors import ConnectMisconfigured
+from lib.failures import server_error
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +70,15 @@ class Session:
         """A connect failed: did a pooler refuse one of our settings? Then switch, once per
         process, to sending none (True: connect again). Refusing the URL's own `options` is
         a configuration error instead."""
-        fields = server_fields(exc) or {}
-        match = _REFUSED.search(fields.get("M", "")) if fields.get("C") == "08P01" else None
+        error = server_error(exc)
+        match = _REFUSED.search(error.message) if error and error.sqlstate == "08P01" else None
         if match is None:
             return False
         name = match.group(1)
         if name.lower() in {key.lower() for key in self.url_params}:
-            raise ConnectError(
+            raise ConnectMisconfigured(
                 f"the server (a pooler?) refused startup parameter {name} from DATABASE_URL's "
-                "options: remove it, or list it in the pooler's ignore_startup_parameters",
-                misconfigured=True,
+                "options: remove it, or list it in the pooler's ignore_startup_parameters"
             ) from exc
         if self.settings.transaction_pooler is False:
             return False  # told there is no pooler: let the refusal be seen
@@ -103,14 +104,14 @@ class Session:
         with self._lock:
             if self.verified is not None:
                 return
-            cursor = conn.cursor()
-            cursor.execute(
-                "SELECT name, setting FROM pg_settings WHERE name IN "
-                "('statement_timeout', 'idle_in_transaction_session_timeout', "
-                "'default_transaction_read_only') UNION ALL SELECT 'role', current_user"
+            have = dict(
+                driver.fetch(
+                    conn,
+                    "SELECT name, setting FROM pg_settings WHERE name IN "
+                    "('statement_timeout', 'idle_in_transaction_session_timeout', "
+                    "'default_transaction_read_only') UNION ALL SELECT 'role', current_user",
+                )
             )
-            have = dict(cursor.fetchall())
-            cursor.close()
             self.verified = have
             sent = self.startup_params()
             dropped = [k for k, v in self.wanted().items() if k in sent and have.get(k) != v]

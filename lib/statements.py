@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Collection
 
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 from lib.resource import Resource
 
 

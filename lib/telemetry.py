@@ -13,7 +13,6 @@ import contextvars
 import functools
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -60,7 +59,7 @@ def current() -> Stats:
         return Stats()
 
 
-def trace_fields(headers: Any) -> dict[str, str]:
+def trace_fields(headers: Any, project: str | None) -> dict[str, str]:
     """Cloud Logging trace correlation from X-Cloud-Trace-Context or W3C traceparent."""
     trace_id = span_id = None
     if m := _TRACEPARENT.fullmatch(headers.get("traceparent", "")):
@@ -71,7 +70,6 @@ def trace_fields(headers: Any) -> dict[str, str]:
         span_id = f"{span:016x}" if 0 < span <= _MAX_SPAN_ID else None
     if trace_id is None or not trace_id.strip("0"):  # all zeros: no trace (W3C)
         return {}
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCP_PROJECT")
     out = {
         "logging.googleapis.com/trace": f"projects/{project}/traces/{trace_id}"
         if project
@@ -86,9 +84,9 @@ def server_timing(stats: Stats) -> str:
     return f"pool;dur={stats.pool_wait_ms:.2f}, db;dur={stats.query_ms:.2f}"
 
 
-def logged(pool_state: Callable[[], dict[str, Any]]) -> Callable:
+def logged(pool_state: Callable[[], dict[str, Any]], project: str | None) -> Callable:
     """Decorate the handler: Server-Timing on the response, one log line when it is done
-    (for a streamed response, once the last byte is sent)."""
+    (for a streamed response, once the last byte is sent), its trace in `project`."""
 
     def decorate(handler: Callable[[flask.Request], flask.Response]) -> Callable:
         @functools.wraps(handler)
@@ -101,10 +99,12 @@ def logged(pool_state: Callable[[], dict[str, Any]]) -> Callable:
                 _current.reset(token)
             response.headers["Server-Timing"] = server_timing(stats)
             if response.is_streamed:
-                response.call_on_close(lambda: emit(request, response, stats, pool_state()))
+                response.call_on_close(
+                    lambda: emit(request, response, stats, pool_state(), project)
+                )
             else:
                 stats.bytes = response.content_length or 0
-                emit(request, response, stats, pool_state())
+                emit(request, response, stats, pool_state(), project)
             return response
 
         return wrapper
@@ -120,7 +120,13 @@ def severity(status: int, stats: Stats) -> str:
     return "WARNING" if status >= 400 else "INFO"
 
 
-def emit(request: flask.Request, response: flask.Response, stats: Stats, pool: dict) -> None:
+def emit(
+    request: flask.Request,
+    response: flask.Response,
+    stats: Stats,
+    pool: dict,
+    project: str | None,
+) -> None:
     latency = time.perf_counter() - stats.started
     status = response.status_code
     message = f"{request.method} {request.path[:100]} {status} {latency * 1000:.1f} ms"
@@ -147,7 +153,7 @@ def emit(request: flask.Request, response: flask.Response, stats: Stats, pool: d
         "retried": stats.retried,
         "pool": pool,
         **({"truncated": True, "cause": stats.cut} if stats.cut else {}),
-        **trace_fields(request.headers),
+        **trace_fields(request.headers, project),
     }
     sys.stdout.write(json.dumps(entry, separators=(",", ":")) + "\n")
     sys.stdout.flush()

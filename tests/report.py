@@ -12,7 +12,7 @@ def figure(line: str) -> None:
 
 
 def chaos_table() -> str:
-    """The table for README's Reliability section."""
+    """The table for docs/operations.md, "Faults"."""
     if not CHAOS:
         return ""
     keys = list(CHAOS[0])

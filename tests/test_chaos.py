@@ -3,7 +3,7 @@
 For every fault: no request takes longer than the configured budgets add up to, every
 failure is a 503/504 JSON answer, the function recovers by itself within 2 s, no connection
 leaks, the worker process is never restarted, and the password never leaks. A summary table
-is printed at the end of the run (see README, "Reliability").
+is printed at the end of the run (docs/operations.md, "Faults").
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from devtools import seed
 from lib import config
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 from tests.conftest import (
     function_connections,
     insert_users,
@@ -411,9 +411,10 @@ print(json.dumps({"status": status, "import_main": t1 - t0, "import_connector": 
 
 @pytest.mark.slow
 def test_cold_start_of_both_paths(admin, google, postgres):
-    """Figures for README: a fresh interpreter imports main, answers its first request and a
-    second one, through DATABASE_URL and through the connector with an Admin API that takes
-    100 ms a call (connectSettings and generateEphemeralCert run side by side)."""
+    """Figures for docs/performance.md ("Cold start"): a fresh interpreter imports main,
+    answers its first request and a second one, through DATABASE_URL and through the connector
+    with an Admin API that takes 100 ms a call (connectSettings and generateEphemeralCert run
+    side by side)."""
     google.api.delay_s = 0.1
     envs = {
         "database_url": {"DATABASE_URL": postgres.admin_url},

@@ -85,10 +85,7 @@ def replicas():
     """A primary and its streaming hot standby (pg_basebackup -R), both seeded."""
     base = world_dir("pgrepl")
     primary = EmbeddedPostgres(base / "primary").start()
-    conn = seed.connect(primary.url())
-    seed.create_schema(conn)
-    seed.seed_users(conn, 3, progress=False)
-    conn.close()
+    seed.seed_server(primary.url(), 3)
     standby = primary.standby(base / "standby")
     standby.port = free_port()
     standby.start()

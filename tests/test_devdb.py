@@ -90,10 +90,7 @@ def test_local_run_serves_seeded_users_and_stops_cleanly(datadir, tmp_path):
 def test_local_run_reports_the_users_the_table_holds(datadir, tmp_path):
     """A table seeded bigger by an earlier run stays as it is: say what it holds."""
     server = EmbeddedPostgres(datadir).start()
-    conn = seed.connect(server.url())
-    seed.create_schema(conn)
-    seed.seed_users(conn, 40, progress=False)
-    conn.close()
+    seed.seed_server(server.url(), 40)
     server.stop()
     local = start_local(datadir, tmp_path / "run.log").wait_ready(60)
     status, body = get(local.base + "/")

@@ -103,6 +103,21 @@ def test_unknown_column_is_a_configuration_error_naming_it(admin, make_app, capl
     assert "USERS_COLUMNS" in error["message"] and "'nickname'" in error["message"]
 
 
+def test_a_column_dropped_after_the_check_is_a_configuration_error_naming_the_setting(
+    admin, make_app
+):
+    admin.cursor().execute("ALTER TABLE users ADD COLUMN nickname text")
+    insert_users(admin, ROWS[:1])
+    client = make_app(USERS_COLUMNS="id,nickname").test_client()
+    assert client.get("/").status_code == 200  # the columns are checked once per process
+    admin.cursor().execute("ALTER TABLE users DROP COLUMN nickname")
+    response = client.get("/")
+    assert response.status_code == 500
+    error = response.get_json()["error"]
+    assert error["code"] == "configuration_error"
+    assert error["message"].startswith("USERS_COLUMNS: ") and "nickname" in error["message"]
+
+
 def test_missing_table_is_a_configuration_error(admin, make_app):
     admin.cursor().execute("DROP TABLE users")
     response = make_app().test_client().get("/")

@@ -156,7 +156,7 @@ def test_a_users_own_login_names_no_database_user(admin, make_app, google, postg
 
 def test_iam_auth_takes_no_password():
     from lib import config
-    from lib.failures import ConfigError
+    from lib.errors import ConfigError
 
     env = {"INSTANCE_CONNECTION_NAME": "p:r:i", "DB_NAME": "d", "DB_IAM_AUTH": "true"}
     settings = config.load(env)

@@ -59,7 +59,7 @@ import pytest
 from psycopg import pq
 
 from lib.database_url import IGNORED, DatabaseUrl, parse
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 from tests.report import figure
 from tests.test_tls import make_ca, pem, server_certificate
 

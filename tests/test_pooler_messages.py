@@ -1,16 +1,17 @@
-"""What poolers and proxies say, classified by what it means (lib/failures.py, POOLER_RULES):
+"""What poolers and proxies say, classified by what it means (lib/pooler_messages.py):
 full, slow, cut off from or waking its database is a 503 with Retry-After that says it may
 pass, and a connect worth trying again; the pooler's own misconfiguration is a 500 naming the
-fix. No database: the errors are built as pg8000's handle_ERROR_RESPONSE builds them."""
+fix. No driver and no database: the errors are our own (lib/errors.py), as lib/driver.py
+translates the driver's."""
 
 # ruff: noqa: E501 - the messages are quoted whole, one a line
 
 from __future__ import annotations
 
-import pg8000.dbapi
 import pytest
 
-from lib.failures import ConnectionLost, classify
+from lib.errors import ConnectionLost, ServerError
+from lib.failures import classify, may_pass
 
 # (source, SQLSTATE, message); a misconfiguration also names a fragment of its fix.
 MAY_PASS = [
@@ -95,12 +96,12 @@ MISCONFIGURED = [
     ("rds proxy", "XX000", 'Request returned an error: database "app" does not exist', "database name"),
     # As before: a refused startup parameter (lib/session.py falls back), a statement's error.
     ("pgbouncer", "08P01", "unsupported startup parameter: statement_timeout", "DATABASE_URL"),
-    ("postgresql", "42703", 'column "query_wait_timeout" does not exist', "USERS_COLUMNS"),
+    ("postgresql", "42703", 'column "query_wait_timeout" does not exist', "served columns"),
 ]  # fmt: skip
 
 
-def server_error(code: str, message: str) -> pg8000.dbapi.DatabaseError:
-    return pg8000.dbapi.DatabaseError({"S": "FATAL", "C": code, "M": message})
+def server_error(code: str, message: str) -> ServerError:
+    return ServerError({"S": "FATAL", "C": code, "M": message})
 
 
 def lost_under_a_statement(code: str, message: str) -> ConnectionLost:
@@ -130,21 +131,15 @@ def test_a_pooler_misconfiguration_is_a_500_naming_the_fix(source, code, message
 
 @pytest.mark.parametrize(("source", "code", "message"), MAY_PASS)
 def test_a_connect_that_may_pass_is_tried_again(source, code, message):
-    from lib.failures import may_pass
-
     assert may_pass(server_error(code, message))
 
 
 @pytest.mark.parametrize(("source", "code", "message", "fix"), MISCONFIGURED)
 def test_a_misconfiguration_is_never_tried_again(source, code, message, fix):
-    from lib.failures import may_pass
-
     assert not may_pass(server_error(code, message))
 
 
 def test_what_else_is_tried_again():
-    from lib.failures import may_pass
-
     starting = server_error("57P03", "the database system is starting up")
     assert classify(starting).status == 503 and may_pass(starting)
     assert may_pass(server_error("57P03", "the database system is not accepting connections"))

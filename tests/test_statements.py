@@ -8,7 +8,7 @@ import enum
 import pytest
 
 from lib import config
-from lib.failures import ConfigError
+from lib.errors import ConfigError
 from lib.resource import Resource
 from lib.statements import check_columns, columns_sql, literal, page_sql
 

@@ -27,10 +27,7 @@ def sleeper():
     with processes.server_dir("pgwake") as directory:
         directory.chmod(0o777)  # as root the servers run as nobody, and write here
         server = EmbeddedPostgres(directory / "primary").start()
-        conn = seed.connect(server.url())
-        seed.create_schema(conn)
-        seed.seed_users(conn, 3, progress=False)
-        conn.close()
+        seed.seed_server(server.url(), 3)
         standby = server.standby(directory / "standby")
         standby.settings += ("hot_standby=off",)  # answers 57P03 until promoted
         server.stop()

@@ -1,0 +1,147 @@
+"""pg8000, the driver, behind one boundary: the only module of the function that imports it.
+
+What the function needs from a driver is small: a login on a socket that lib/connect_url.py
+opened (host choice and TLS are ours), with an authentication policy checked before any
+password is sent; a read timeout for the statements after it; running one statement; and its
+exceptions in our own terms (lib/errors.py), so that nothing else knows pg8000's error layout.
+Switching drivers means rewriting this module and the dialect name, nothing else.
+
+pg8000 has no public API for two of those, so this module reaches into its private parts:
+`handle_AUTHENTICATION_REQUEST` (the authentication hook) and `_usock` (its socket). Each has
+a test in tests/test_driver.py that fails loudly when an upgrade moves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pg8000.dbapi
+
+from lib.errors import DatabaseError, Disconnected, ServerError
+
+NAME = "pg8000"  # how the Cloud SQL connector names it
+DIALECT = "postgresql+pg8000://"  # SQLAlchemy's dialect; our creator makes the connections
+
+# Called with the authentication method the server asks for ("none", "password", "md5",
+# "scram-sha-256", "scram-sha-256-plus"); raises to refuse it before any password is sent.
+AuthPolicy = Callable[[str], None]
+_PLUS = b"SCRAM-SHA-256-PLUS"
+
+
+class Connection(pg8000.dbapi.Connection):
+    """pg8000's connection, asking `allow` before each authentication it answers."""
+
+    def __init__(self, *args: Any, allow: AuthPolicy, bind_channel: bool, **kwargs: Any) -> None:
+        self._allow, self._bind_channel = allow, bind_channel
+        self._method: str | None = None  # the authentication the server asked for
+        super().__init__(*args, **kwargs)
+
+    def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
+        code = struct.unpack_from("!i", data)[0]
+        tls = isinstance(self._usock, ssl.SSLSocket)
+        if code == 10:  # SASL: pg8000 picks SCRAM-SHA-256-PLUS when offered over TLS
+            plus = tls and _PLUS in data and self._bind_channel
+            self._method = "scram-sha-256-plus" if plus else "scram-sha-256"
+            self._allow(self._method)
+        elif code in (3, 5):
+            self._method = "password" if code == 3 else "md5"
+            self._allow(self._method)
+        elif code == 0 and self._method is None:
+            self._method = "none"  # trust: the server asked for nothing
+            self._allow("none")
+        if code == 10 and tls and not self._bind_channel:
+            # pg8000 binds the channel whenever its socket is TLS: hide it for this one
+            # message, so SCRAM says "client does not support binding" ('n'), as libpq does.
+            usock, self._usock = self._usock, None
+            try:
+                super().handle_AUTHENTICATION_REQUEST(data, context)
+            finally:
+                self._usock = usock
+            return
+        super().handle_AUTHENTICATION_REQUEST(data, context)
+
+
+def connect(
+    sock: socket.socket,
+    *,
+    user: bytes,
+    database: bytes,
+    password: bytes | None,
+    timeout: float,
+    application_name: bytes | None,
+    startup_params: dict[str, bytes],
+    allow: AuthPolicy,
+    bind_channel: bool,
+) -> Connection:
+    """Log in on `sock` (already connected, and already TLS if it is to be). pg8000 then does
+    no TLS and no keepalives of its own: both are the caller's."""
+    with translated():
+        return Connection(
+            user=user,
+            database=database,
+            password=password,
+            ssl_context=False,
+            timeout=timeout,
+            tcp_keepalive=False,
+            application_name=application_name,
+            startup_params=startup_params,
+            sock=sock,
+            allow=allow,
+            bind_channel=bind_channel,
+        )
+
+
+def set_read_timeout(conn: Any, seconds: float) -> None:
+    """pg8000 keeps its connect timeout as the timeout of every later read of the socket; a
+    read may legitimately last as long as a statement may run."""
+    conn._usock.settimeout(seconds)
+
+
+def fetch(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run one statement and return its rows. Without `params` pg8000 uses the simple-query
+    protocol: one round trip, nothing prepared (which transaction poolers need)."""
+    with translated():
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+        finally:
+            cursor.close()
+
+
+def parameter(conn: Any, name: str) -> str | None:
+    """A parameter the server reported at login (ParameterStatus), e.g. in_hot_standby."""
+    return conn.parameter_statuses.get(name)
+
+
+def is_connection(conn: Any) -> bool:
+    return isinstance(conn, pg8000.dbapi.Connection)
+
+
+def translate(exc: BaseException) -> DatabaseError | None:
+    """The driver's exception in our terms; None for anything that is not the driver's."""
+    return _ours(exc) if isinstance(exc, pg8000.dbapi.Error) else None
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Raise the driver's exceptions as ours (the driver's stays the __cause__)."""
+    try:
+        yield
+    except pg8000.dbapi.Error as exc:
+        raise _ours(exc) from exc
+
+
+def _ours(exc: pg8000.dbapi.Error) -> DatabaseError:
+    """pg8000 raises a server's error with its fields as a dict in args[0]; InterfaceError for
+    a failed socket or a closed connection."""
+    if exc.args and isinstance(exc.args[0], dict):
+        return ServerError({str(k): str(v) for k, v in exc.args[0].items()})
+    if isinstance(exc, pg8000.dbapi.InterfaceError):
+        return Disconnected(str(exc))
+    return DatabaseError(str(exc))
