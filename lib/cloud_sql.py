@@ -9,10 +9,8 @@ instance's server proxy (port 3307) and logs in through it. It leaves three thin
   Here each connect runs on an event loop of our own and its caller waits at most
   DB_CONNECT_TIMEOUT; an attempt given up is cancelled and whatever it opens is closed.
 - Admin API quota. After a failed connect the connector refreshes its certificate on the
-  next one (two API calls), and concurrent failing connects each refresh. Until a connect
-  succeeds, one attempt runs at a time; after a failure, one per back-off interval (1 s
-  doubling to 30 s, each up to a quarter longer at random), and meanwhile requests are
-  answered from the last failure at once.
+  next one (two API calls), and concurrent failing connects each refresh: lib/connect_gate.py
+  lets one attempt through per back-off interval while connects fail.
 - Meaning. An Admin API refusal (403, 404), a wrong region or a missing IP type becomes a
   ConfigError naming the setting to fix; a driver error keeps its SQLSTATE. Either is the
   `__cause__` of the ConnectError raised to the pool.
@@ -25,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -38,21 +35,20 @@ from google.cloud.sql.connector.exceptions import AutoIAMAuthNotSupported, Cloud
 
 from lib import driver
 from lib.config import CloudSql
-from lib.errors import ConfigError, ConnectError
+from lib.connect_gate import GatedConnect
+from lib.errors import ConfigError
 from lib.iam import IamUser, login_refusal, runtime_user
 from lib.instances import Instances
 
-BACKOFF_FIRST_S = 1.0
-BACKOFF_MAX_S = 30.0
 
-
-class CloudSqlConnect:
+class CloudSqlConnect(GatedConnect):
     """The pool's creator: one Connector per process, on an event-loop thread of our own."""
+
+    label = "Cloud SQL"
 
     def __init__(self, cs: CloudSql, driver_args: dict[str, Any], timeout: float) -> None:
         self._cs = cs
         self._driver_args = driver_args
-        self._timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(_LoginExecutor(thread_name_prefix="cloud-sql-login"))
         self._thread = threading.Thread(
@@ -84,74 +80,12 @@ class CloudSqlConnect:
                 "no Google credentials found: run as a service account (Cloud Run does) "
                 "or point this at a service-account key file",
             ) from exc
-        self._state = threading.Lock()  # guards the fields below
-        self._healthy = False  # the last connect succeeded
-        self._failure: BaseException | None = None  # why the last connect failed
-        self._interval = 0.0
-        self._retry_at = 0.0
-        self._turn = threading.Lock()  # held by the one attempt allowed while not healthy
-        self._instances = Instances(cs.instances, cs.target_session_attrs)
-
-    def __call__(self) -> driver.Connection:
-        """A new connection, or ConnectError within DB_CONNECT_TIMEOUT (`__cause__` says why)."""
-        deadline = time.monotonic() + self._timeout
-        if self._healthy:  # the common case: connects run side by side
-            return self._attempt(deadline)
-        with self._one_at_a_time(deadline):
-            if not self._healthy:
-                return self._attempt(deadline)
-        # Another attempt succeeded while this one waited: connect in the time left. Running
-        # out of it says nothing about Cloud SQL, so that is not remembered as a failure.
-        return self._attempt(deadline, remember_timeout=False)
-
-    @property
-    def healthy(self) -> bool:
-        """Did the last connect succeed? If not, a request that found no free connection
-        waited on connects that fail or hang, not on busy connections."""
-        return self._healthy
-
-    def refusal(self) -> ConnectError:
-        """The answer while connects fail: the last failure, raised again without an attempt."""
-        failure = self._failure
-        if failure is None:
-            return ConnectError("Cloud SQL: the first connection is still being opened")
-        wait = max(self._retry_at - time.monotonic(), 0)
-        return _connect_error(
-            f"Cloud SQL: last connect failed; next attempt in {wait:.1f} s", failure
-        )
+        super().__init__(Instances(cs.instances, cs.target_session_attrs), timeout)
 
     def close(self) -> None:
         """Close the Connector (its HTTP session) and stop the event loop's thread."""
         self._connector.close()
         self._stop_loop()
-
-    @contextlib.contextmanager
-    def _one_at_a_time(self, deadline: float) -> Any:
-        """The turn to attempt while connects are not known to work. Before the first result,
-        wait for it (it may well succeed); after a failure, take the turn only when the
-        back-off interval has passed and nobody else holds it; otherwise be refused."""
-        if self._failure is not None and time.monotonic() < self._retry_at:
-            raise self.refusal()
-        wait = deadline - time.monotonic() if self._failure is None else 0
-        if not self._turn.acquire(timeout=max(wait, 0)):
-            raise self.refusal()
-        try:
-            if self._failure is not None and time.monotonic() < self._retry_at:
-                raise self.refusal()  # the attempt this one waited for has just failed
-            yield
-        finally:
-            self._turn.release()
-
-    def _attempt(self, deadline: float, remember_timeout: bool = True) -> driver.Connection:
-        try:
-            conn = self._instances.connect(self._open_one, deadline)
-        except Exception as failure:  # remembered, then raised as the cause
-            if remember_timeout or not isinstance(failure, TimeoutError):
-                self._failed(failure)
-            raise _connect_error("Cloud SQL: connect failed", failure) from failure
-        with self._state:
-            self._healthy, self._failure, self._interval = True, None, 0.0
-        return conn
 
     def _open_one(self, instance: str, deadline: float) -> Any:
         """A connection to `instance` by `deadline`, or the reason there is none."""
@@ -188,19 +122,6 @@ class CloudSqlConnect:
             handover.set_result(conn)
         except InvalidStateError:
             _close_quietly(conn)
-
-    def _failed(self, failure: BaseException) -> None:
-        with self._state:
-            now = time.monotonic()
-            if self._failure is None:
-                self._interval = BACKOFF_FIRST_S
-            elif now >= self._retry_at:  # a retry after the interval failed too
-                self._interval = min(self._interval * 2, BACKOFF_MAX_S)
-            # Up to a quarter later, at random: instances that failed together (a fleet after
-            # an outage) come back apart, and never sooner than the interval.
-            jitter = random.uniform(1, 1.25)  # noqa: S311 - not for security
-            self._healthy, self._failure = False, failure
-            self._retry_at = now + self._interval * jitter
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -241,13 +162,6 @@ def _close_quietly(conn: Any) -> None:
     if driver.is_connection(conn):
         with contextlib.suppress(Exception):
             conn.close()
-
-
-def _connect_error(message: str, failure: BaseException) -> ConnectError:
-    """A ConnectError whose __cause__ is `failure`, for the classifier to read."""
-    error = ConnectError(message)
-    error.__cause__ = failure
-    return error
 
 
 def _meaning(exc: Exception, instance: str, cs: CloudSql, iam: IamUser | None) -> Exception:

@@ -177,7 +177,16 @@ class TokenEndpoint:
         admin = scope == ADMIN_SCOPE and CLOUD_PLATFORM_SCOPE in scopes
         return email if scope in scopes or admin else None
 
-    def _verified_claims(self, assertion: str) -> dict:
+    def self_signed(self, token: str) -> str | None:
+        """The principal of a self-signed JWT access token (what gRPC clients of Google APIs
+        send for a service-account key instead of asking the token endpoint), if valid."""
+        try:
+            claims = self._verified_claims(token, audience=None)
+        except Exception:  # noqa: BLE001 - any defect means "not a valid token"
+            return None
+        return claims["iss"]
+
+    def _verified_claims(self, assertion: str, audience: str | None = TOKEN_AUDIENCE) -> dict:
         head, body, signature = assertion.split(".")
         header = json.loads(_unb64(head))
         if header.get("alg") != "RS256" or header.get("kid") != self._key_id:
@@ -186,7 +195,7 @@ class TokenEndpoint:
             _unb64(signature), f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256()
         )
         claims = json.loads(_unb64(body))
-        if claims["iss"] != self.email or claims["aud"] != TOKEN_AUDIENCE:
+        if claims["iss"] != self.email or (audience and claims["aud"] != audience):
             raise ValueError("wrong issuer or audience")
         if not claims["iat"] - 60 <= time.time() < claims["exp"]:
             raise ValueError("assertion expired")
@@ -293,6 +302,7 @@ class ServerProxy:
         client_ca: CertificateAuthority,
         upstream: tuple[str, int],
         iam_passwords: dict[str, str],
+        port: int = SERVER_PROXY_PORT,
     ) -> None:
         self.upstream = upstream
         self.server_ca, self.client_ca = server_ca, client_ca
@@ -312,7 +322,7 @@ class ServerProxy:
         self._listeners: list[socket.socket] = []
         try:
             for address in addresses:
-                self._listeners.append(socket.create_server((address, SERVER_PROXY_PORT)))
+                self._listeners.append(socket.create_server((address, port)))
         except OSError:
             self.close()
             raise
