@@ -6,8 +6,8 @@ metadata server, which google-auth asks when it refreshes the credentials. Cloud
 an IAM user for a service account by its email without `.gserviceaccount.com`.
 
 An IAM login can fail in four places, each with its own fix. The Admin API refusing (no
-roles/cloudsql.client) is read in lib/cloud_sql.py; a statement refused (no GRANT) in
-lib/failures.py; the two refusals at login are read here.
+roles/cloudsql.client or roles/alloydb.client) is read in lib/cloud_sql.py and lib/alloydb.py;
+a statement refused (no GRANT) in lib/failures.py; the two refusals at login are read here.
 """
 
 from __future__ import annotations
@@ -25,8 +25,34 @@ from lib.failures import server_error
 
 log = logging.getLogger(__name__)
 
-ADMIN_SCOPE = "https://www.googleapis.com/auth/sqlservice.admin"
 _SUFFIX = ".gserviceaccount.com"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What an IAM login needs on one of Google's engines, for the fixes named."""
+
+    name: str
+    scope: str  # what the credentials must carry for its Admin API
+    login_role: str  # what lets the account log in
+    flag: str  # the database flag that turns IAM login on
+    add_user: str  # the command adding the IAM user, with {user}, {name}, {cluster}, {region}
+
+
+CLOUD_SQL = Engine(
+    "Cloud SQL",
+    "https://www.googleapis.com/auth/sqlservice.admin",
+    "roles/cloudsql.instanceUser (permission cloudsql.instances.login)",
+    "cloudsql.iam_authentication=on",
+    "gcloud sql users create {user} --instance={name} --type=cloud_iam_service_account",
+)
+ALLOYDB = Engine(
+    "AlloyDB",
+    "https://www.googleapis.com/auth/cloud-platform",
+    "roles/alloydb.databaseUser",
+    "alloydb.iam_authentication=on",
+    "gcloud alloydb users create {user} --cluster={cluster} --region={region} --type=IAM_BASED",
+)
 
 
 @dataclass(frozen=True)
@@ -37,11 +63,11 @@ class IamUser:
     email: str  # the principal, for the gcloud commands in a fix
 
 
-def runtime_user() -> tuple[Any, IamUser]:
+def runtime_user(engine: Engine = CLOUD_SQL) -> tuple[Any, IamUser]:
     """Google's default credentials and the database user of their service account.
     Raises ConfigError when there are none, or they are not a service account's."""
     try:
-        credentials, _ = google.auth.default(scopes=[ADMIN_SCOPE])
+        credentials, _ = google.auth.default(scopes=[engine.scope])
     except google.auth.exceptions.DefaultCredentialsError as exc:
         raise ConfigError(
             "DB_IAM_AUTH",
@@ -70,24 +96,31 @@ def runtime_user() -> tuple[Any, IamUser]:
     return credentials, iam
 
 
-def login_refusal(exc: BaseException, iam: IamUser, instance: str) -> ConfigError | None:
-    """The fix for an IAM login that Cloud SQL refused, or None if `exc` is not one."""
+def login_refusal(
+    exc: BaseException, iam: IamUser, instance: str, engine: Engine = CLOUD_SQL
+) -> ConfigError | None:
+    """The fix for an IAM login that the database refused, or None if `exc` is not one."""
     error = server_error(exc)
     if error is None or not error.sqlstate.startswith("28"):
         return None
     message = error.message
-    name = instance.rsplit(":", 1)[-1]
     if "IAM" in message:
         return ConfigError(
             "DB_IAM_AUTH",
-            f"Cloud SQL refused the IAM login of {iam.user} on '{instance}' ({message}): grant "
-            f"{iam.email} roles/cloudsql.instanceUser (permission cloudsql.instances.login) "
-            "and check that the instance has cloudsql.iam_authentication=on",
+            f"{engine.name} refused the IAM login of {iam.user} on '{instance}' ({message}): "
+            f"grant {iam.email} {engine.login_role} and check that the instance has "
+            f"{engine.flag}",
         )
     if "does not exist" in message:
+        parts = dict(zip(*[iter(instance.split("/"))] * 2, strict=False))  # AlloyDB's URI
+        command = engine.add_user.format(
+            user=iam.user,
+            name=instance.rsplit(":", 1)[-1],
+            cluster=parts.get("clusters", ""),
+            region=parts.get("locations", ""),
+        )
         return ConfigError(
             "DB_IAM_AUTH",
-            f"{iam.user} is not a database user of '{instance}': add it with `gcloud sql users "
-            f"create {iam.user} --instance={name} --type=cloud_iam_service_account`",
+            f"{iam.user} is not a database user of '{instance}': add it with `{command}`",
         )
     return None

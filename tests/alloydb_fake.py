@@ -40,6 +40,8 @@ from google.cloud.alloydb_v1beta import types as alloydb
 
 from tests.google_fake import (
     CLOUD_PLATFORM_SCOPE,
+    GSSENC_REQUEST,
+    SSL_REQUEST,
     CertificateAuthority,
     GoogleFake,
     ServerProxy,
@@ -48,6 +50,8 @@ from tests.google_fake import (
     _pem,
     _random_loopback,
     _read_exact,
+    _read_packet,
+    _startup_params,
     rsa_key,
 )
 
@@ -94,14 +98,15 @@ class AlloyDbProxy(ServerProxy):
             _answer(client, "the OAuth2 token is not valid for alloydb.login")
             return None
         _answer(client, None)
-        packet = _read_exact(client, 4)
-        packet += _read_exact(client, struct.unpack("!i", packet)[0] - 4)
+        packet = _read_packet(client)
+        while struct.unpack("!i", packet[4:8])[0] in (SSL_REQUEST, GSSENC_REQUEST):
+            client.sendall(b"N")  # pg8000 asks for TLS inside the tunnel; the proxy declines
+            packet = _read_packet(client)
         upstream = socket.create_connection(self.upstream, timeout=5)
         upstream.sendall(packet)
         if not iam:
             return upstream  # password login: PostgreSQL asks the client
-        parts = packet[8:].split(b"\0")
-        user = dict(zip(parts[::2], parts[1::2], strict=False)).get(b"user", b"").decode()
+        user = _startup_params(packet).get("user", "")
         if user != principal.removesuffix(".gserviceaccount.com"):
             client.sendall(_error("28000", f"user {user} is not the token's principal"))
             upstream.close()
