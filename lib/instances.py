@@ -93,17 +93,23 @@ class Instances:
         return [self.attrs]
 
     def order(self) -> tuple[list[str], set[str]]:
-        """Random order, the instances resting in their back-off interval last (in the order
-        they failed); and which those are."""
+        """Random order; then those known to be of the unwanted role; last, those resting in
+        their back-off interval (in the order they failed). And which are resting."""
         names = list(self.names)
         random.shuffle(names)
         now = time.monotonic()
+        wants_standby = self.attrs != "primary"
+
+        def rank(name: str) -> tuple[bool, float, bool]:
+            health = self._health[name]
+            resting = health.retry_at > now
+            unwanted = self.attrs != "any" and health.standby not in (None, wants_standby)
+            return resting, health.failed_at if resting else 0.0, unwanted
+
         with self._lock:
-            resting = sorted(
-                (n for n in names if self._health[n].retry_at > now),
-                key=lambda n: self._health[n].failed_at,
-            )
-        return [n for n in names if n not in resting] + resting, set(resting)
+            names.sort(key=rank)  # stable: random within each rank
+            resting = {n for n in names if self._health[n].retry_at > now}
+        return names, resting
 
     def _role(self, name: str) -> bool | None:
         return self._health[name].standby
@@ -114,7 +120,7 @@ class Instances:
         standby = is_standby(conn)
         with self._lock:
             self._health[name].standby = standby
-        return wanted == "any" or standby == (wanted == "standby")
+        return standby == (wanted == "standby")
 
     def _served(self, name: str) -> None:
         with self._lock:
