@@ -9,10 +9,11 @@ import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import config, responses, telemetry
+from lib import config, cors, responses, telemetry
 from lib.engine import Database
 from lib.listing import open_listing
 from lib.paging import PageRequest
+from lib.watch import Watch
 
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
@@ -22,13 +23,15 @@ DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=
 @functions_framework.http
 @responses.unread_body
 @telemetry.logged(DB.pool_state, SETTINGS.project)
+@cors.handled(SETTINGS.cors_origins)
 @responses.json_errors
 def users(request: flask.Request) -> flask.Response:
     if responses.route(request) == "/healthz":
-        return responses.health(DB.pool_state(), DB.session.health())
+        return responses.health(DB.pool_state(), {**DB.session.health(), **DB.last_known.state()})
     page = PageRequest.from_args(request.args)
-    listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page)
-    return responses.listing_json(request, listing, page)
+    watch = Watch.of(request.environ, SETTINGS.request_timeout, SETTINGS.client_idle_timeout)
+    listing = open_listing(DB, SETTINGS.resource, SETTINGS.schema, page, watch)
+    return responses.listing_json(request, listing, page, SETTINGS.max_response_bytes)
 
 
 # What functions-framework answers itself (a 404 for /robots.txt and /favicon.ico) is JSON too.

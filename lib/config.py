@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 USERS = "users"  # the resource the function serves at `/`: its envelope key and its table
 DEFAULT_COLUMNS = ("id", "email", "name", "created_at")  # when USERS_COLUMNS is not set
 APPLICATION_NAME = "users-function"
+# Cloud Run functions cut a streamed response past 10 MB of body (docs/http-api.md): stay
+# under it whether "MB" means 10^6 or 2^20 bytes.
+CLOUD_RUN_MAX_BYTES = 10_000_000
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_ORIGIN = re.compile(rf"https?://(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?")
 _IP_TYPES = {"public": "PUBLIC", "private": "PRIVATE", "psc": "PSC"}
 T = TypeVar("T")
 _TRUE = {"1", "true", "yes", "on"}
@@ -106,6 +111,10 @@ class Settings:
     schema: str | None = None  # the served table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
     alloydb: AlloyDb | None = None
+    request_timeout: float = 60.0  # REQUEST_TIMEOUT: past it, a running statement is cancelled
+    client_idle_timeout: float = 30.0  # CLIENT_IDLE_TIMEOUT: a client reading nothing is cut
+    max_response_bytes: int | None = None  # RESPONSE_MAX_BYTES; None = no limit
+    cors_origins: tuple[str, ...] = ()  # CORS_ALLOWED_ORIGINS: exact origins, ("*",), or none
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -143,6 +152,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "idle_timeout": _float(env, "DB_IDLE_TIMEOUT", 10.0, allow_zero=True),
         "max_waiting": _int(env, "DB_MAX_WAITING", None, minimum=0),
         "transaction_pooler": _pooler(env.get("DB_TRANSACTION_POOLER", "")),
+        # Cloud Run functions' default --timeout: set it to the deployed one.
+        "request_timeout": _float(env, "REQUEST_TIMEOUT", 60.0),
+        "client_idle_timeout": _float(env, "CLIENT_IDLE_TIMEOUT", 30.0),
+        "cors_origins": _origins(env.get("CORS_ALLOWED_ORIGINS", "")),
+        "max_response_bytes": _max_response_bytes(env),
         "workers": _int(env, "WORKERS", 1, minimum=1),
         "fleet_max_instances": _int(env, "FLEET_MAX_INSTANCES", None, minimum=1),
         "project": env.get("GOOGLE_CLOUD_PROJECT", "").strip()
@@ -295,6 +309,29 @@ def _columns(setting: str, raw: str, default: tuple[str, ...]) -> tuple[str, ...
     if len(set(names)) != len(names):
         raise ConfigError(setting, "lists a column twice")
     return names
+
+
+def _max_response_bytes(env: Mapping[str, str]) -> int | None:
+    """RESPONSE_MAX_BYTES: 0 = no limit; unset = the platform's limit when running on Cloud
+    Run (K_SERVICE is set there), else none."""
+    default = CLOUD_RUN_MAX_BYTES if env.get("K_SERVICE", "").strip() else 0
+    return _int(env, "RESPONSE_MAX_BYTES", default, minimum=0) or None
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """CORS_ALLOWED_ORIGINS: `*`, or exact origins (scheme://host[:port], as a browser sends
+    them in Origin), comma-separated; lower-cased, as browsers serialize them."""
+    if raw.strip() == "*":
+        return ("*",)
+    origins = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                "CORS_ALLOWED_ORIGINS",
+                f"{origin[:80]!r} is not an origin: give scheme://host[:port] (no path, no "
+                "wildcard inside a host), a comma-separated list of them, or * alone",
+            )
+    return origins
 
 
 def _application_name(raw: str) -> str:

@@ -6,9 +6,10 @@ password is sent; a read timeout for the statements after it; running one statem
 exceptions in our own terms (lib/errors.py), so that nothing else knows pg8000's error layout.
 Switching drivers means rewriting this module and the dialect name, nothing else.
 
-pg8000 has no public API for two of those, so this module reaches into its private parts:
-`handle_AUTHENTICATION_REQUEST` (the authentication hook) and `_usock` (its socket). Each has
-a test in tests/test_driver.py that fails loudly when an upgrade moves it.
+pg8000 has no public API for three of those, so this module reaches into its private parts:
+`handle_AUTHENTICATION_REQUEST` (the authentication hook), `_usock` (its socket) and
+`_backend_key_data` (the key a cancel needs). Each has a test (tests/test_driver.py,
+tests/test_cancel.py) that fails loudly when an upgrade moves it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ DIALECT = "postgresql+pg8000://"  # SQLAlchemy's dialect; our creator makes the 
 # "scram-sha-256", "scram-sha-256-plus"); raises to refuse it before any password is sent.
 AuthPolicy = Callable[[str], None]
 _PLUS = b"SCRAM-SHA-256-PLUS"
+_CANCEL_REQUEST_CODE = 80877102
+_CANCEL_TIMEOUT_S = 2.0
 
 
 class Connection(pg8000.dbapi.Connection):
@@ -112,6 +115,23 @@ def fetch(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
             return cursor.fetchall() if cursor.description else []
         finally:
             cursor.close()
+
+
+def cancel(conn: Any) -> None:
+    """Ask the server to cancel the statement running on `conn`, as libpq's PQcancel does: a
+    CancelRequest (PostgreSQL protocol, "Canceling Requests in Progress") with the
+    BackendKeyData of the login, on a new connection to the same address. Sent without TLS,
+    as libpq before 17 sends it: the server reads it before any authentication, and pg_hba
+    does not apply. OSError when it cannot be sent (through the Cloud SQL Connector, whose
+    server side speaks only the Connector's TLS). The server answers nothing."""
+    key, usock = getattr(conn, "_backend_key_data", None), getattr(conn, "_usock", None)
+    if not key or usock is None:
+        raise OSError("the connection has no cancel key")
+    with socket.socket(usock.family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(_CANCEL_TIMEOUT_S)
+        sock.connect(usock.getpeername())
+        sock.sendall(struct.pack("!ii", 16, _CANCEL_REQUEST_CODE) + bytes(key))
+        sock.recv(1)  # the server closes the connection once it has read the request
 
 
 def parameter(conn: Any, name: str) -> str | None:

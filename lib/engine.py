@@ -25,6 +25,7 @@ from lib import connect_url, driver
 from lib.config import Settings
 from lib.errors import ConnectionLost, PoolBusy
 from lib.failures import is_disconnect
+from lib.last_known import LastKnown
 from lib.session import Session
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Database:
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
         self.session = Session(settings)
+        self.last_known = LastKnown()
         self._admission = Admission(settings)
         os.register_at_fork(after_in_child=self._forget_parent)
         atexit.register(self.close)
@@ -89,6 +91,8 @@ class Database:
             return self.engine().raw_connection()
         except BaseException as exc:
             self._admission.leave()
+            if isinstance(exc, Exception):
+                self.last_known.failed(exc)
             cloud_sql = self._cloud_sql
             if isinstance(exc, PoolTimeout) and cloud_sql is not None and not cloud_sql.healthy:
                 # The slots were held by connects that fail or hang, not by busy
@@ -111,13 +115,16 @@ class Database:
         idle since, on their next checkout) and raised as ConnectionLost.
         """
         try:
-            return driver.fetch(conn, sql)
+            rows = driver.fetch(conn, sql)
         except Exception as exc:
+            self.last_known.failed(exc)
             if not is_disconnect(exc):
                 raise
             self._lost_at = time.monotonic()
             conn.invalidate(exc)
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+        self.last_known.ok()
+        return rows
 
     def pool_state(self) -> dict[str, Any]:
         """The pool's counters, read without touching the database (for logs and /healthz)."""
@@ -152,6 +159,7 @@ class Database:
         self._engine = None
         self._cloud_sql = None  # its event-loop thread did not survive the fork
         self.session = Session(self.settings)
+        self.last_known = LastKnown()
 
     def _build(self) -> Engine:
         s = self.settings

@@ -12,6 +12,7 @@ lib/ never sees pg8000's. `failures.classify` turns each into a status.
       Disconnected         ... the driver lost its connection, or was handed a closed one
     ConnectionLost       a pooled connection died under a statement and was discarded
     PoolBusy             every connection in use and DB_MAX_WAITING requests waiting
+    Cancelled            the request stopped its own work: the client left, or its deadline
 """
 
 from __future__ import annotations
@@ -70,3 +71,12 @@ class ConnectionLost(Exception):
 
 class PoolBusy(Exception):
     """Every connection is in use and DB_MAX_WAITING requests already wait for one."""
+
+
+class Cancelled(Exception):
+    """The request stopped its own work: `reason` is "client_left", "deadline" (past
+    REQUEST_TIMEOUT) or "client_idle" (lib/watch.py)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

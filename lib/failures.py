@@ -22,6 +22,7 @@ from sqlalchemy import exc as sa_exc
 
 from lib import driver
 from lib.errors import (
+    Cancelled,
     ConfigError,
     ConnectError,
     ConnectionLost,
@@ -163,6 +164,11 @@ def may_pass(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> Failure:
     """The one table: exception -> status, code, message, retryable."""
+    if isinstance(exc, Cancelled):
+        if exc.reason == "deadline":
+            return Failure(504, "deadline_exceeded", "The request ran past its deadline.", False)
+        # 499 (nginx's "client closed request"): only the log ever sees it.
+        return Failure(499, "client_closed_request", "The client went away.", False, logging.INFO)
     if isinstance(exc, sa_exc.TimeoutError | PoolBusy):
         return Failure(
             503, "pool_exhausted", "All database connections are busy; retry shortly.", True

@@ -1,7 +1,12 @@
-"""A listing: the rows one request gets, its first page fetched before the response starts.
+"""A listing: the rows one request gets, page by page, each page on a connection checked out
+for it alone.
 
-`open_listing` is the I/O: the handler calls it to check out a connection and fetch the first
-page; the statements come from lib/statements.py. Nothing here connects in a constructor.
+`open_listing` is the I/O: the handler calls it to fetch the first page before the response
+starts. Every page, the first and the streamed ones, goes through `Listing.page`: check a
+connection out, have PostgreSQL render the page, give the connection back, and only then
+hand the page on to be written to the client. A slow or stalled client therefore holds a
+worker thread and at most two pages of memory, never a database connection. The statements
+come from lib/statements.py. Nothing here connects in a constructor.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import statements, telemetry
 from lib.engine import Database
-from lib.errors import ConfigError, ConnectionLost, ServerError
+from lib.errors import Cancelled, ConfigError, ConnectionLost, ServerError
 from lib.paging import PageRequest
 from lib.resource import Resource
+from lib.watch import CLIENT_LEFT, Watch
 
 UNDEFINED_COLUMN = "42703"
 PAGE_ROWS = 5000  # rows per round trip when streaming every row (~0.5 MB of users' JSON)
@@ -39,31 +45,20 @@ class Page:
 
 
 def open_listing(
-    db: Database, resource: Resource, schema: str | None, request: PageRequest
+    db: Database,
+    resource: Resource,
+    schema: str | None,
+    request: PageRequest,
+    watch: Watch | None = None,
 ) -> Listing:
-    """Check out a connection and fetch the first page; the rest is `Listing.rest()`.
+    """Fetch the first page; the rest is `Listing.rest()`. `watch` cancels a statement
+    whose client has left or whose deadline has passed (lib/watch.py).
 
     Holding the first page before the response starts means any database error on it
-    still becomes a proper status code. A listing that needs no more pages has already
-    given its connection back.
+    still becomes a proper status code.
     """
-    listing = Listing(db, resource, schema)
-    limit = request.limit or PAGE_ROWS
-    try:
-        try:
-            listing.first = listing.fetch_first(request.after, limit)
-        except ConnectionLost:
-            # The pooled connection was dead (server restart, failover, idle cut) and
-            # nothing has been sent yet: one retry on a fresh connection hides it.
-            listing.stats.retried = True
-            listing.first = listing.fetch_first(request.after, limit)
-    except BaseException:
-        listing.close()
-        raise
-    if request.limit is not None or not listing.first.more:
-        listing.close()
-    else:
-        listing.prefetch(listing.first)
+    listing = Listing(db, resource, schema, watch or Watch())
+    listing.first = listing.page(request.after, request.limit or PAGE_ROWS)
     return listing
 
 
@@ -100,39 +95,55 @@ class Listing:
     """The rows for one request, made by `open_listing`: `first`, then the rest as the
     client reads.
 
-    Later pages stream on the first page's connection. While one page goes out to the
-    client, a helper thread already has PostgreSQL render the next one (one page ahead at
-    most, each page its own autocommit statement: no snapshot held for the whole transfer,
-    memory bounded by two pages).
+    While one page goes out to the client, a helper thread already has PostgreSQL render
+    the next one on a connection of its own checkout (one page ahead at most, each page
+    its own autocommit statement: no snapshot held for the whole transfer, memory bounded
+    by two pages, no connection held while the client reads).
     """
 
     first: Page  # set by open_listing
 
-    def __init__(self, db: Database, resource: Resource, schema: str | None) -> None:
+    def __init__(
+        self, db: Database, resource: Resource, schema: str | None, watch: Watch | None = None
+    ) -> None:
         self.resource = resource
+        self.watch = watch or Watch()
         self._db = db
         self._schema = schema
-        self._conn: PoolProxiedConnection | None = None
         self._helper: futures.ThreadPoolExecutor | None = None
         self._ahead: futures.Future[Page] | None = None  # the next page, being fetched
         self.stats = telemetry.current()  # kept: later pages stream after the handler returns
 
-    def fetch_first(self, after: int, limit: int) -> Page:
-        """On a newly checked-out connection (any held one given back first): the columns
-        checked if this database has not yet found them, then one page."""
-        self.close()
-        started = time.perf_counter()
-        self._conn = self._db.checkout()
-        self.stats.pool_wait_ms += (time.perf_counter() - started) * 1000
-        checked = _checked.setdefault(self._db, set())
-        if (self.resource, self._schema) not in checked:
-            check_columns(self._db, self._conn, self.resource, self._schema)
-            checked.add((self.resource, self._schema))
-        return self._fetch(self._conn, after, limit)
+    def page(self, after: int, limit: int) -> Page:
+        """The `limit` rows after key `after`, on a connection checked out for this page
+        and given back before the page is returned. A pooled connection found dead
+        (server restart, failover, idle cut) is retried once on a fresh one: a page is
+        one read, so the retry means the same."""
+        try:
+            try:
+                return self._page_on_one_connection(after, limit)
+            except ConnectionLost:
+                self.stats.retried = True
+                return self._page_on_one_connection(after, limit)
+        except Cancelled as exc:
+            self.stats.cancelled = exc.reason
+            raise
 
-    def _fetch(self, conn: PoolProxiedConnection, after: int, limit: int) -> Page:
+    def _page_on_one_connection(self, after: int, limit: int) -> Page:
         started = time.perf_counter()
-        page = fetch_page(self._db, conn, self.resource, self._schema, after, limit)
+        conn = self._db.checkout()
+        self.stats.pool_wait_ms += (time.perf_counter() - started) * 1000
+        try:
+            checked = _checked.setdefault(self._db, set())
+            if (self.resource, self._schema) not in checked:
+                with self.watch.statement(conn):
+                    check_columns(self._db, conn, self.resource, self._schema)
+                checked.add((self.resource, self._schema))
+            started = time.perf_counter()
+            with self.watch.statement(conn):  # each statement: a cancel must not outlive it
+                page = fetch_page(self._db, conn, self.resource, self._schema, after, limit)
+        finally:
+            self._db.release(conn)
         self.stats.query_ms += (time.perf_counter() - started) * 1000
         self.stats.queries += 1
         self.stats.rows += page.rows
@@ -141,34 +152,34 @@ class Listing:
     def prefetch(self, page: Page) -> None:
         """Start fetching the page after `page` on the helper thread, if more rows follow."""
         self._ahead = None
-        if page.more and self._conn is not None:
+        if page.more:
             if self._helper is None:
                 self._helper = futures.ThreadPoolExecutor(
                     1, thread_name_prefix=self.resource.prefetch_thread
                 )
-            self._ahead = self._helper.submit(self._fetch, self._conn, page.last_id or 0, PAGE_ROWS)
+            self._ahead = self._helper.submit(self.page, page.last_id or 0, PAGE_ROWS)
 
-    def rest(self) -> Iterator[str]:
-        """JSON text of the pages after the first, each starting with a comma."""
+    def rest(self) -> Iterator[Page]:
+        """The pages after the first that hold rows (the fetch ahead starts with `prefetch`
+        as the first page goes out; a HEAD, which sends no body, never fetches more)."""
         try:
             while self._ahead is not None:
                 page = self._ahead.result()
                 self.prefetch(page)
                 if page.rows:
-                    yield "," + page.json
+                    yield page
         finally:
             self.close()
 
     def close(self) -> None:
-        """Return the connection to the pool (idempotent; also called when the client leaves).
+        """Stop fetching ahead (idempotent; also called when the client leaves).
 
-        A page still being fetched finishes first (within statement_timeout): a connection
-        must not go back to the pool in the middle of a statement.
+        A page still being fetched is cancelled on the server, and gives its connection
+        back itself once its statement has ended.
         """
-        self._ahead = None
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not ahead.done():
+            self.watch.cancel(CLIENT_LEFT)
         if self._helper is not None:
             helper, self._helper = self._helper, None
             helper.shutdown(wait=True)
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            self._db.release(conn)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import socket
@@ -23,10 +22,13 @@ from typing import Any
 import flask
 from werkzeug.exceptions import HTTPException
 
-from lib import compression
+from lib import compression, links
+from lib.body_limit import listing_body
+from lib.errors import Cancelled
 from lib.failures import RETRY_AFTER_S, classify, describe
 from lib.listing import Listing
-from lib.paging import BadRequest, PageRequest, encode_cursor
+from lib.paging import MAX_LIMIT, BadRequest, PageRequest
+from lib.watch import CLIENT_IDLE, DEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ ALLOWED_METHODS = ("GET", "HEAD")
 # must ask again each time (no-cache), when a matching ETag makes the answer a bodiless 304.
 LISTING_CACHE = "private, no-cache"
 NO_STORE = "no-store"  # errors and /healthz describe one moment: never reuse them
+# A streamed page goes to the server in slices: each one the client takes resets the idle
+# clock (CLIENT_IDLE_TIMEOUT), so a client that reads slowly but steadily is never cut.
+SLICE_BYTES = 64 * 1024
 
 
 class HttpError(Exception):
@@ -82,13 +87,15 @@ def framework_error(exc: HTTPException) -> flask.Response:
     return json_error(status, "not_found" if status == 404 else "bad_request", exc.name)
 
 
-def listing_json(request: flask.Request, listing: Listing, page: PageRequest) -> flask.Response:
+def listing_json(
+    request: flask.Request, listing: Listing, page: PageRequest, max_bytes: int | None = None
+) -> flask.Response:
     """`{"users": [...]}`, keyed by the listing's resource name (plus `next` when paging);
     streamed when it spans several pages."""
     head = "{" + json.dumps(listing.resource.name) + ":[" + listing.first.json
     if page.limit is not None:
         next_link = (
-            f"?limit={page.limit}&cursor={encode_cursor(listing.first.last_id)}"
+            links.next_page(request, page.limit, listing.first.last_id)
             if listing.first.more and listing.first.last_id is not None
             else None
         )
@@ -97,7 +104,7 @@ def listing_json(request: flask.Request, listing: Listing, page: PageRequest) ->
         return whole(request, body.encode(), link)
     if not listing.first.more:
         return whole(request, (head + "]}").encode())
-    return streamed(request, listing, head)
+    return streamed(request, listing, head, max_bytes)
 
 
 def whole(
@@ -116,8 +123,11 @@ def whole(
     return flask.Response(body, content_type=JSON, headers=headers)
 
 
-def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Response:
-    """Every user, page by page on one connection (gzip-encoded page by page if accepted).
+def streamed(
+    request: flask.Request, listing: Listing, head: str, max_bytes: int | None
+) -> flask.Response:
+    """Every user, page by page (gzip-encoded page by page if accepted), ended early with
+    `next` before `max_bytes` of JSON (lib/body_limit.py).
 
     Past the first page the status line is sent, so a failure can no longer become an
     error status: the response is cut (see `cut`), and the log line says so.
@@ -132,22 +142,43 @@ def streamed(request: flask.Request, listing: Listing, head: str) -> flask.Respo
         listing.close()
         return flask.Response(status=304, content_type=JSON, headers=headers)
 
+    watch = listing.watch
+
+    def next_url(last_id: int) -> str:
+        return links.next_page(request, MAX_LIMIT, last_id)
+
+    def pages() -> Iterator[bytes]:
+        body = listing_body(head, listing.first.last_id, listing.rest(), max_bytes, next_url)
+        for data in body:
+            yield gzip.page(data) if gzip else data
+        if gzip:
+            yield gzip.finish(b"")
+
     def chunks() -> Iterator[bytes]:
+        listing.prefetch(listing.first)  # the next page renders while the first goes out
+        watch.streaming()
         try:
-            for text in itertools.chain([head], listing.rest()):
-                data = gzip.page(text.encode()) if gzip else text.encode()
-                stats.bytes += len(data)
-                yield data
-            data = gzip.finish(b"]}") if gzip else b"]}"
-            stats.bytes += len(data)
-            yield data
-        except GeneratorExit:  # the server could not write: the client went away
-            stats.cut, stats.client_left = "client_closed: the client closed the connection", True
+            for data in pages():
+                for start in range(0, len(data), SLICE_BYTES):
+                    piece = data[start : start + SLICE_BYTES]
+                    stats.bytes += len(piece)
+                    yield piece
+                    watch.streaming()  # the server has handed the slice to the client
+        except GeneratorExit:  # the server could not write: the client went away or idled
+            stats.client_left = True
+            stats.cut = (
+                f"client_idle: the client read nothing for {watch.idle_write_s:g} s"
+                if watch.reason == CLIENT_IDLE
+                else "client_closed: the client closed the connection"
+            )
             raise
         except Exception as exc:  # noqa: BLE001 - logged with the request, then the cut
             failure = classify(exc)
             stats.cut = f"{failure.code}: {describe(exc)}"
+            stats.client_left = isinstance(exc, Cancelled) and exc.reason != DEADLINE
             cut(request.environ)
+        finally:
+            watch.done()
 
     response = flask.Response(chunks(), content_type=JSON, headers=headers)
     response.call_on_close(listing.close)  # also when the body is never read (HEAD, client gone)

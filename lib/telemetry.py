@@ -42,6 +42,7 @@ class Stats:
     retried: bool = False
     cut: str | None = None  # why a streamed response ended before its last byte
     client_left: bool = False  # ... and it was the client's doing, not ours
+    cancelled: str | None = None  # why a running statement was cancelled (lib/watch.py)
 
     @property
     def truncated(self) -> bool:
@@ -151,6 +152,7 @@ def emit(
         "rows": stats.rows,
         "bytes": stats.bytes,
         "retried": stats.retried,
+        **({"cancelled": stats.cancelled} if stats.cancelled else {}),
         "pool": pool,
         **({"truncated": True, "cause": stats.cut} if stats.cut else {}),
         **trace_fields(request.headers, project),

@@ -158,7 +158,7 @@ def test_limit_and_cursor_page_through_users(admin, make_app):
     body = first.get_json()
     assert [u["id"] for u in body["users"]] == [1, 2]
     assert first.headers["Link"] == f'<{body["next"]}>; rel="next"'
-    second = client.get("/" + body["next"]).get_json()
+    second = client.get(body["next"]).get_json()
     assert [u["id"] for u in second["users"]] == [3]
     assert second["next"] is None
 
@@ -483,3 +483,40 @@ def test_errors_are_never_cached(admin, make_app):
     for response in (client.get("/?limit=0"), client.post("/"), client.get("/x")):
         assert response.headers["Cache-Control"] == "no-store"
     assert client.get("/healthz").headers["Cache-Control"] == "no-store"
+
+
+def test_next_links_are_absolute_from_host_and_forwarded_proto(admin, make_app):
+    insert_users(admin, ROWS)
+    client = make_app().test_client()
+    behind = {"Host": "users-abc.a.run.app", "X-Forwarded-Proto": "https"}
+    response = client.get("/?limit=2", headers=behind)
+    link = response.get_json()["next"]
+    assert link.startswith("https://users-abc.a.run.app/?limit=2&cursor=")
+    assert response.headers["Link"] == f'<{link}>; rel="next"'
+    plain = client.get(
+        "/?limit=2", headers={"Host": "127.0.0.1:8080", "X-Forwarded-Proto": "gopher"}
+    )
+    assert plain.get_json()["next"].startswith("http://127.0.0.1:8080/?limit=2&cursor=")
+    v6 = client.get("/?limit=2", headers={"Host": "[::1]:8080"}).get_json()["next"]
+    assert v6.startswith("http://[::1]:8080/?")
+    for host in ("evil.com/x?", "a b", "evil.com@x", "x" * 300, "<script>"):
+        refused = client.get("/?limit=2", headers={"Host": host})
+        assert refused.status_code == 400, host  # ours, or werkzeug's own check first
+        assert refused.get_json()["error"]["code"] == "bad_request"
+
+
+def test_healthz_stays_200_and_reports_the_databases_last_known_state(admin, make_app):
+    down = f"postgresql://fn:s3cret-pw@127.0.0.1:{free_port()}/app?connect_timeout=1"
+    client = make_app(DATABASE_URL=down, DB_CONNECT_TIMEOUT="1").test_client()
+    assert client.get("/healthz").get_json()["database"]["state"] == "unknown"
+    assert client.get("/?limit=1").status_code == 503
+    health = client.get("/healthz")
+    assert health.status_code == 200  # liveness: an outage is no reason to restart
+    database = health.get_json()["database"]
+    assert database["state"] == "failing" and database["last_ok"] is None
+    assert database["last_error"]["code"] == "database_unavailable"
+    assert "s3cret-pw" not in health.get_data(as_text=True)
+    client = make_app().test_client()
+    assert client.get("/?limit=1").status_code == 200
+    database = client.get("/healthz").get_json()["database"]
+    assert database["state"] == "ok" and database["last_ok"] and database["last_error"] is None

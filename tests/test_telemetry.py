@@ -86,14 +86,21 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
     assert health == {
         "status": "ok",
         "pool": {"started": False, "size": 5},
-        "database": {"transaction_pooler": None, "session": None},
+        "database": {
+            "transaction_pooler": None,
+            "session": None,
+            "state": "unknown",
+            "last_ok": None,
+            "last_error": None,
+        },
     }
     assert function_connections(admin) == 0
     client.get("/")
     body = client.get("/healthz").get_json()
     assert (body["pool"]["in_use"], body["pool"]["idle"], body["pool"]["waiting"]) == (0, 1, 0)
     # What the first connection read back: the protections hold on a direct connection.
-    assert body["database"] == {
+    assert body["database"]["state"] == "ok" and body["database"]["last_error"] is None
+    assert {k: body["database"][k] for k in ("transaction_pooler", "session")} == {
         "transaction_pooler": None,
         "session": {
             "statement_timeout": "10000",

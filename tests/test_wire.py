@@ -96,11 +96,21 @@ def dechunk(body: bytes) -> tuple[bytes, bool]:
     return payload, False
 
 
+def test_doubled_leading_slashes_are_served_as_the_single_slash_path(admin, serve):
+    """What docs/http-api.md says of `//`: the server hands the function the merged path."""
+    served = serve()
+    for path, key in (("//", "users"), ("//healthz", "status"), ("///", "users")):
+        status, _, body = http_get(served, path, {})
+        assert status == 200 and key in json.loads(body), path
+    assert http_get(served, "/healthz//", {})[0] == 404
+
+
 @pytest.mark.parametrize("accept", ["identity", "gzip"])
 def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(admin, serve, accept):
-    """The database connection dies after the first page was sent: the client's transfer
-    ends without the chunked terminator, and the function logs one ERROR line saying
-    truncated, the bytes sent and why, with no plain-text traceback anywhere."""
+    """The database connection dies after the first page was sent, and so does the one the
+    page is retried on: the client's transfer ends without the chunked terminator, and the
+    function logs one ERROR line saying truncated, the bytes sent and why, with no
+    plain-text traceback anywhere."""
     seed.seed_users(admin, STREAMED_USERS, progress=False)
     # The second page sleeps (on row 5,500) until the test kills the function's connection.
     slow_users(admin, "(SELECT pg_sleep(CASE WHEN r.id = 5500 THEN 30 ELSE 0 END))")
@@ -111,6 +121,8 @@ def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(admin
     while b"\r\n\r\n" not in received or len(received) < 2000:  # headers and the first page
         received += sock.recv(65536)
     time.sleep(0.3)  # let it start the second page (killing its connection cuts it either way)
+    assert terminate_function_connections(admin) == 1
+    time.sleep(0.3)  # the page is retried once on a new connection: end that one too
     assert terminate_function_connections(admin) == 1
     rest, closed = read_raw(sock, 20)
     sock.close()
@@ -135,6 +147,32 @@ def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(admin
     log = served.log.read_text(errors="replace")
     assert "Traceback" not in log
     assert all(text.startswith("{") for text in log.splitlines() if text.strip())
+
+
+def test_a_connection_lost_mid_stream_is_retried_once_and_the_stream_completes(admin, serve):
+    seed.seed_users(admin, STREAMED_USERS, progress=False)
+    admin.cursor().execute("CREATE TABLE gate (shut boolean)")
+    admin.cursor().execute("INSERT INTO gate VALUES (true)")
+    # The second page sleeps (on row 5,500) while the gate is shut.
+    slow_users(
+        admin, "(SELECT pg_sleep(CASE WHEN r.id = 5500 AND EXISTS (SELECT FROM gate) THEN 30 END))"
+    )
+    admin.cursor().execute("GRANT SELECT ON gate TO PUBLIC")
+    served = serve()
+    sock = socket.create_connection(served.base.removeprefix("http://").split(":"), timeout=20)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received or len(received) < 2000:
+        received += sock.recv(65536)
+    time.sleep(0.3)
+    admin.cursor().execute("DELETE FROM gate")
+    assert terminate_function_connections(admin) == 1
+    rest, _ = read_raw(sock, 20)
+    sock.close()
+    payload, terminated = dechunk((received + rest).partition(b"\r\n\r\n")[2])
+    assert terminated and len(json.loads(payload)["users"]) == STREAMED_USERS
+    line = request_line(served)
+    assert line["retried"] is True and "truncated" not in line
 
 
 def test_a_body_that_never_comes_neither_delays_the_answer_nor_holds_a_thread(admin, serve):
@@ -175,6 +213,6 @@ def test_a_client_leaving_mid_stream_is_logged_as_truncated_not_as_a_success(adm
     sock.close()
     line = request_line(served)
     assert line["truncated"] is True and line["cause"].startswith("client_closed")
-    assert line["severity"] == "INFO"  # the client's doing, not an error of ours
+    assert line["severity"] == "INFO", line  # the client's doing, not an error of ours
     assert line["bytes"] < 1_000_000  # the second page was never sent
     assert "Traceback" not in served.log.read_text(errors="replace")
