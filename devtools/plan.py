@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=5)
     parser.add_argument("--max-overflow", type=int, default=0)
     parser.add_argument("--overshoot", type=float, default=OVERSHOOT)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="database instances the reads spread over: primary + read replicas, or the "
+        "nodes of an AlloyDB read pool",
+    )
     args = parser.parse_args(argv)
     if args.url:
         args.max_connections, args.reserved, args.other = read_server(args.url)
@@ -52,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         args.pool_size,
         args.max_overflow,
         args.overshoot,
+        args.instances,
     )
     print(plan.explain())
     return 0 if plan.max_instances > 0 else 1

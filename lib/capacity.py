@@ -32,6 +32,9 @@ class Plan:
     pool_size: int
     max_overflow: int
     overshoot: float
+    # Database instances the connections spread over: a primary and its read replicas, or
+    # the nodes of an AlloyDB read pool (max_connections is each one's own).
+    instances: int = 1
 
     @property
     def available(self) -> int:
@@ -60,6 +63,14 @@ class Plan:
             f"max instances = floor({self.available} / ({self.per_instance} x overshoot "
             f"{self.overshoot:g})) = {self.max_instances}",
         ]
+        if self.instances > 1 and self.max_instances > 0:
+            fleet = int(self.max_instances * self.overshoot * self.per_instance)
+            lines.append(
+                f"spread over {self.instances} database instances: about "
+                f"{-(-fleet // self.instances)} connections each at the peak, but each must "
+                f"admit all {fleet} when the others are down or lagging (plan with the "
+                "smallest max_connections): replicas add read capacity, not connections"
+            )
         if self.max_instances == 0:
             lines.append(
                 "does not fit: even one instance's burst exceeds the budget. Lower DB_POOL_SIZE "

@@ -43,13 +43,50 @@ _FALSE = {"", "0", "false", "no", "off"}
 class CloudSql:
     """How to reach a Cloud SQL instance through the Cloud SQL Python Connector."""
 
-    instance: str
+    instances: tuple[str, ...]  # the primary and its read replicas, in no particular order
     database: str
     user: str
     password: str | None = field(repr=False)
     iam_auth: bool
     ip_type: str  # a member name of google.cloud.sql.connector.IPTypes
     api_endpoint: str | None = None  # the Admin API's base URL; None = Google's public one
+    # Which instance serves, as libpq's target_session_attrs: any, primary, standby,
+    # prefer-standby (read-write and read-only as libpq spells primary and any).
+    target_session_attrs: str = "prefer-standby"
+
+
+@dataclass(frozen=True)
+class AlloyDb(CloudSql):
+    """How to reach AlloyDB instances through the AlloyDB Python Connector: `instances` are
+    URIs (projects/P/locations/R/clusters/C/instances/I), `ip_type` a member name of
+    google.cloud.alloydbconnector.IPTypes, `api_endpoint` a gRPC host[:port]."""
+
+
+@dataclass(frozen=True)
+class _Connector:
+    """What differs between the connector paths' settings."""
+
+    variable: str  # the setting naming the instances
+    pattern: str  # what one name looks like
+    example: str
+    default_ip: str
+    endpoint: str  # the setting naming another Admin API endpoint
+
+
+CLOUD_SQL = _Connector(
+    "INSTANCE_CONNECTION_NAME",
+    r"[a-z0-9.:\-]+:[a-z0-9\-]+:[a-z0-9\-]+",
+    "project:region:instance",
+    "public",
+    "CLOUD_SQL_API_ENDPOINT",
+)
+ALLOYDB = _Connector(
+    "ALLOYDB_INSTANCE_URI",
+    r"projects/[a-z0-9.:\-]+/locations/[a-z0-9\-]+/clusters/[a-z0-9\-]+/instances/[a-z0-9\-]+",
+    "projects/P/locations/R/clusters/C/instances/I",
+    "private",
+    "ALLOYDB_API_ENDPOINT",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +112,7 @@ class Settings:
     url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
     schema: str | None = None  # the served table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
+    alloydb: AlloyDb | None = None
     request_timeout: float = 60.0  # REQUEST_TIMEOUT: past it, a running statement is cancelled
     client_idle_timeout: float = 30.0  # CLIENT_IDLE_TIMEOUT: a client reading nothing is cut
     max_response_bytes: int | None = None  # RESPONSE_MAX_BYTES; None = no limit
@@ -91,12 +129,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     has_url = bool(env.get("DATABASE_URL", "").strip())
     has_instance = bool(env.get("INSTANCE_CONNECTION_NAME", "").strip())
-    if has_url and has_instance:
+    has_alloydb = bool(env.get("ALLOYDB_INSTANCE_URI", "").strip())
+    if has_url + has_instance + has_alloydb > 1:
         raise ConfigError(
             "DATABASE_URL",
-            "set either DATABASE_URL or INSTANCE_CONNECTION_NAME (Cloud SQL), not both",
+            "set one of DATABASE_URL, INSTANCE_CONNECTION_NAME (Cloud SQL) or "
+            "ALLOYDB_INSTANCE_URI (AlloyDB), not several",
         )
-    if not has_url and not has_instance:
+    if not has_url and not has_instance and not has_alloydb:
         raise ConfigError(
             "DATABASE_URL",
             "not set: set DATABASE_URL (postgresql://user:pass@host/db) or "
@@ -128,7 +168,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     }
     if has_url:
         return _with_url(database_url.parse(env["DATABASE_URL"].strip()), env, common)
-    return Settings(cloud_sql=_cloud_sql(env), **common)
+    if has_alloydb:
+        return Settings(alloydb=AlloyDb(**_connector(env, ALLOYDB)), **common)
+    return Settings(cloud_sql=CloudSql(**_connector(env, CLOUD_SQL)), **common)
 
 
 def _with_url(url: DatabaseUrl, env: Mapping[str, str], common: dict[str, Any]) -> Settings:
@@ -160,41 +202,78 @@ def _with_url(url: DatabaseUrl, env: Mapping[str, str], common: dict[str, Any]) 
     return Settings(url=url, schema=url.schema, **common)
 
 
-def _cloud_sql(env: Mapping[str, str]) -> CloudSql:
-    instance = env["INSTANCE_CONNECTION_NAME"].strip()
-    if not re.fullmatch(r"[a-z0-9.:\-]+:[a-z0-9\-]+:[a-z0-9\-]+", instance):
-        raise ConfigError("INSTANCE_CONNECTION_NAME", "must look like project:region:instance")
+def _connector(env: Mapping[str, str], kind: _Connector) -> dict[str, Any]:
+    """The settings of a connector path (Cloud SQL or AlloyDB), as keyword arguments."""
+    instances = tuple(name.strip() for name in env[kind.variable].split(","))
+    for instance in instances:
+        if not re.fullmatch(kind.pattern, instance):
+            raise ConfigError(
+                kind.variable,
+                f"'{instance}' must look like {kind.example} (several: comma-separated)",
+            )
+    if len(set(instances)) != len(instances):
+        raise ConfigError(kind.variable, "names an instance twice")
     database = env.get("DB_NAME", "").strip()
     if not database:
-        raise ConfigError("DB_NAME", "is required with INSTANCE_CONNECTION_NAME")
+        raise ConfigError("DB_NAME", f"is required with {kind.variable}")
     iam_user = env.get("DB_IAM_USER", "").strip()
+    iam_auth = bool(iam_user) or _bool(env, "DB_IAM_AUTH")
     user = env.get("DB_USER", "").strip()
     password = env.get("DB_PASS", "")
-    if iam_user and (user or password):
-        raise ConfigError("DB_IAM_USER", "IAM authentication takes no DB_USER or DB_PASS; keep one")
+    if iam_auth and (user or password):
+        variable = "DB_IAM_USER" if iam_user else "DB_IAM_AUTH"
+        raise ConfigError(variable, "IAM authentication takes no DB_USER or DB_PASS; keep one")
     if iam_user.endswith(".gserviceaccount.com"):
         raise ConfigError(
-            "DB_IAM_USER", "drop '.gserviceaccount.com': Cloud SQL names IAM users without it"
+            "DB_IAM_USER", "drop '.gserviceaccount.com': Google names IAM users without it"
         )
-    if not iam_user:
+    if not iam_auth:
         if not user:
-            raise ConfigError("DB_USER", "is required (or DB_IAM_USER for IAM database auth)")
+            raise ConfigError("DB_USER", "is required (or DB_IAM_AUTH=true for IAM database auth)")
         if not password:
-            raise ConfigError("DB_PASS", "is required with DB_USER (or use DB_IAM_USER)")
+            raise ConfigError("DB_PASS", "is required with DB_USER (or use DB_IAM_AUTH=true)")
     ip_type_raw = env.get("IP_TYPE", "").strip().lower()
     if not ip_type_raw:
-        ip_type_raw = "private" if _bool(env, "PRIVATE_IP") else "public"
+        ip_type_raw = "private" if _bool(env, "PRIVATE_IP") else kind.default_ip
     if ip_type_raw not in _IP_TYPES:
         raise ConfigError("IP_TYPE", f"'{ip_type_raw}' is not one of public, private, psc")
-    return CloudSql(
-        instance=instance,
-        database=database,
-        user=iam_user or user,
-        password=None if iam_user else password,
-        iam_auth=bool(iam_user),
-        ip_type=_IP_TYPES[ip_type_raw],
-        api_endpoint=_api_endpoint(env.get("CLOUD_SQL_API_ENDPOINT", "")),
-    )
+    endpoint = env.get(kind.endpoint, "")
+    return {
+        "instances": instances,
+        "database": database,
+        "user": iam_user or user,  # empty with DB_IAM_AUTH alone: the runtime service account's
+        "password": None if iam_auth else password,
+        "iam_auth": iam_auth,
+        "ip_type": _IP_TYPES[ip_type_raw],
+        "api_endpoint": _api_endpoint(endpoint) if kind is CLOUD_SQL else _grpc_endpoint(endpoint),
+        "target_session_attrs": _target_session_attrs(env.get("DB_TARGET_SESSION_ATTRS", "")),
+    }
+
+
+def _grpc_endpoint(raw: str) -> str | None:
+    """The AlloyDB Admin API's gRPC endpoint as host[:port], for private API endpoints or a
+    local emulator; always over TLS (gRPC's own)."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?", raw):
+        raise ConfigError(
+            "ALLOYDB_API_ENDPOINT", "must be host[:port], such as alloydb.googleapis.com:443"
+        )
+    return raw
+
+
+def _target_session_attrs(raw: str) -> str:
+    """DB_TARGET_SESSION_ATTRS, in the words of libpq's target_session_attrs. The function's
+    sessions are read-only, so read-write means primary and read-only means any."""
+    value = raw.strip().lower() or "prefer-standby"
+    value = {"read-write": "primary", "read-only": "any"}.get(value, value)
+    if value not in ("any", "primary", "standby", "prefer-standby"):
+        raise ConfigError(
+            "DB_TARGET_SESSION_ATTRS",
+            f"'{raw.strip()}' is not one of any, primary, standby, prefer-standby",
+        )
+    return value
 
 
 def _api_endpoint(raw: str) -> str | None:

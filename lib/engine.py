@@ -57,7 +57,8 @@ class Database:
         self.settings = settings
         self._lock = threading.Lock()
         self._engine: Engine | None = None
-        self._cloud_sql: Any = None  # lib.cloud_sql.CloudSqlConnect, imported lazily
+        # lib.cloud_sql.CloudSqlConnect or lib.alloydb.AlloyDbConnect, imported lazily
+        self._cloud_sql: Any = None
         # When a connection was last found dead: pooled ones idle since then are checked first.
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
@@ -162,15 +163,19 @@ class Database:
 
     def _build(self) -> Engine:
         s = self.settings
+        driver_args: dict[str, Any] = {
+            "application_name": s.application_name,
+            "startup_params": self.session.startup_params(),
+            "timeout": s.connect_timeout,
+        }
         if s.cloud_sql is not None:
-            driver_args: dict[str, Any] = {
-                "application_name": s.application_name,
-                "startup_params": self.session.startup_params(),
-                "timeout": s.connect_timeout,
-            }
             from lib.cloud_sql import CloudSqlConnect  # imports the connector: only on this path
 
             creator = self._cloud_sql = CloudSqlConnect(s.cloud_sql, driver_args, s.connect_timeout)
+        elif s.alloydb is not None:
+            from lib.alloydb import AlloyDbConnect  # imports the connector: only on this path
+
+            creator = self._cloud_sql = AlloyDbConnect(s.alloydb, driver_args, s.connect_timeout)
         else:
             url, session = s.url, self.session  # config.load sets url or cloud_sql
 

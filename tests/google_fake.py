@@ -62,6 +62,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ADMIN_SCOPE = "https://www.googleapis.com/auth/sqlservice.admin"
 LOGIN_SCOPE = "https://www.googleapis.com/auth/sqlservice.login"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"  # google-auth's, whatever the token_uri
 SERVER_PROXY_PORT = 3307
 SSL_REQUEST = 80877103
@@ -161,13 +162,31 @@ class TokenEndpoint:
             self._tokens[token] = (claims["iss"], set(claims.get("scope", "").split()))
         return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
 
+    def mint(self, email: str, scopes: set[str]) -> dict:
+        """A token for `email`, as the metadata server hands one to the runtime's account."""
+        token = "ya29.fake-" + base64.urlsafe_b64encode(random.randbytes(18)).decode()
+        with self._lock:
+            self._tokens[token] = (email, scopes)
+        return {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+
     def principal(self, token: str, scope: str) -> str | None:
-        """The principal a token was issued to, if it carries `scope`."""
+        """The principal a token was issued to, if it carries `scope` (cloud-platform
+        carries the Admin API's, not the login's)."""
         with self._lock:
             email, scopes = self._tokens.get(token, ("", set()))
-        return email if scope in scopes else None
+        admin = scope == ADMIN_SCOPE and CLOUD_PLATFORM_SCOPE in scopes
+        return email if scope in scopes or admin else None
 
-    def _verified_claims(self, assertion: str) -> dict:
+    def self_signed(self, token: str) -> str | None:
+        """The principal of a self-signed JWT access token (what gRPC clients of Google APIs
+        send for a service-account key instead of asking the token endpoint), if valid."""
+        try:
+            claims = self._verified_claims(token, audience=None)
+        except Exception:  # noqa: BLE001 - any defect means "not a valid token"
+            return None
+        return claims["iss"]
+
+    def _verified_claims(self, assertion: str, audience: str | None = TOKEN_AUDIENCE) -> dict:
         head, body, signature = assertion.split(".")
         header = json.loads(_unb64(head))
         if header.get("alg") != "RS256" or header.get("kid") != self._key_id:
@@ -176,7 +195,7 @@ class TokenEndpoint:
             _unb64(signature), f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256()
         )
         claims = json.loads(_unb64(body))
-        if claims["iss"] != self.email or claims["aud"] != TOKEN_AUDIENCE:
+        if claims["iss"] != self.email or (audience and claims["aud"] != audience):
             raise ValueError("wrong issuer or audience")
         if not claims["iat"] - 60 <= time.time() < claims["exp"]:
             raise ValueError("assertion expired")
@@ -189,19 +208,19 @@ def _unb64(text: str) -> bytes:
 
 @dataclass
 class AdminApi:
-    """`connectSettings` and `generateEphemeralCert` for one instance."""
+    """`connectSettings` and `generateEphemeralCert` for the instances of one project."""
 
     tokens: TokenEndpoint
     project: str
     region: str
-    instance: str
-    addresses: dict[str, str]  # PRIMARY / PRIVATE / PSC -> loopback address
+    instances: dict[str, dict[str, str]]  # name -> {PRIMARY / PRIVATE / PSC: loopback address}
     server_ca: CertificateAuthority
     client_ca: CertificateAuthority
     cert_lifetime_s: float = 3600.0
     refuse_with: int | None = None  # answer this HTTP status instead
     delay_s: float = 0.0  # answer this much later
-    calls: Counter = field(default_factory=Counter)
+    calls: Counter = field(default_factory=Counter)  # per method, all instances together
+    calls_by_instance: Counter = field(default_factory=Counter)  # (instance, method)
     login_principals: list[str] = field(default_factory=list)
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, "GET /path")
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -212,33 +231,34 @@ class AdminApi:
         if ":" in name:
             name, _, call = name.partition(":")
         self.calls[call] += 1
+        self.calls_by_instance[name, call] += 1
         self.stopping.wait(self.delay_s)
         if self.tokens.principal(token, ADMIN_SCOPE) is None:
             return _api_error(401, "Request had invalid authentication credentials.")
         if self.refuse_with is not None:
             return _api_error(self.refuse_with, "The client is not authorized.")
-        if not path.startswith(base) or name != self.instance:
+        if not path.startswith(base) or name not in self.instances:
             return _api_error(404, "The Cloud SQL instance does not exist.")
         if method == "GET" and call == "connectSettings":
-            return 200, self._connect_settings()
+            return 200, self._connect_settings(self.instances[name])
         if method == "POST" and call == "generateEphemeralCert":
             return self._ephemeral_cert(body)
         return _api_error(404, f"no such method {call}")
 
-    def _connect_settings(self) -> dict:
+    def _connect_settings(self, addresses: dict[str, str]) -> dict:
         return {
             "kind": "sql#connectSettings",
             "serverCaCert": {"kind": "sql#sslCert", "cert": self.server_ca.pem},
             "ipAddresses": [
-                {"type": "PRIMARY", "ipAddress": self.addresses["PRIMARY"]},
-                {"type": "PRIVATE", "ipAddress": self.addresses["PRIVATE"]},
+                {"type": "PRIMARY", "ipAddress": addresses["PRIMARY"]},
+                {"type": "PRIVATE", "ipAddress": addresses["PRIVATE"]},
             ],
             "pscEnabled": True,
             # Cloud SQL names a PSC endpoint in DNS; an address literal stands in for the name
             # (getaddrinfo returns it as is), so no DNS or /etc/hosts change is needed.
             "dnsNames": [
                 {
-                    "name": self.addresses["PSC"] + ".",
+                    "name": addresses["PSC"] + ".",
                     "connectionType": "PRIVATE_SERVICE_CONNECT",
                     "dnsScope": "INSTANCE",
                 }
@@ -282,10 +302,12 @@ class ServerProxy:
         client_ca: CertificateAuthority,
         upstream: tuple[str, int],
         iam_passwords: dict[str, str],
+        port: int = SERVER_PROXY_PORT,
     ) -> None:
         self.upstream = upstream
         self.server_ca, self.client_ca = server_ca, client_ca
-        self.iam_passwords = iam_passwords  # IAM role -> its PostgreSQL password
+        # IAM user -> its PostgreSQL password; an IAM user not added to the instance has none
+        self.iam_passwords = iam_passwords
         self._context = _server_context(addresses, server_ca, client_ca)
         self._lock = threading.Lock()
         self.tunnels: Counter = Counter()  # per address
@@ -295,16 +317,17 @@ class ServerProxy:
         self.iam_logins: list[str] = []
         self.client_serials: set[int] = set()
         self.login_delay_s = 0.0  # a slow login: wait this long before PostgreSQL sees it
+        self.login_denied: set[str] = set()  # principals without cloudsql.instances.login
         self._sockets: set[socket.socket] = set()
         self._listeners: list[socket.socket] = []
         try:
             for address in addresses:
-                self._listeners.append(socket.create_server((address, SERVER_PROXY_PORT)))
+                self._listeners.append(socket.create_server((address, port)))
         except OSError:
             self.close()
             raise
-        for listener in self._listeners:
-            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        for listener, address in zip(self._listeners, addresses, strict=True):
+            threading.Thread(target=self._accept, args=(listener, address), daemon=True).start()
 
     def close(self) -> None:
         for listener in self._listeners:
@@ -316,8 +339,7 @@ class ServerProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    def _accept(self, listener: socket.socket) -> None:
-        address = listener.getsockname()[0]
+    def _accept(self, listener: socket.socket, address: str) -> None:
         while True:
             try:
                 raw, _ = listener.accept()
@@ -374,6 +396,15 @@ class ServerProxy:
         user = params.get("user", "")
         if user != principals[0].removesuffix(".gserviceaccount.com"):
             client.sendall(_error("28000", f"user {user} is not the certificate's principal"))
+            upstream.close()
+            return None
+        if principals[0] in self.login_denied:
+            message = f'Cloud SQL IAM service account authentication failed for user "{user}"'
+            client.sendall(_error("28000", message))
+            upstream.close()
+            return None
+        if user not in self.iam_passwords:  # what PostgreSQL says of an unknown role
+            client.sendall(_error("28000", f'role "{user}" does not exist'))
             upstream.close()
             return None
         _login(upstream, user, self.iam_passwords[user])
@@ -493,18 +524,16 @@ class GoogleFake:
         self.instance = instance
         key = rsa_key("service account")
         self.tokens = TokenEndpoint(key, "key-1", email)
+        self.runtime_email = email  # the service account the metadata server names
         self.iam_passwords: dict[str, str] = {}
-        types = ["PRIMARY", "PRIVATE", "PSC"]
-        self.proxy, addresses = _bind_proxy(types, upstream, self.iam_passwords)
-        self.addresses = dict(zip(types, addresses, strict=True))
+        server_ca, client_ca = (
+            CertificateAuthority("fake server CA"),
+            CertificateAuthority("client CA"),
+        )
+        self.proxy, self.addresses = _bind_proxy(upstream, self.iam_passwords, server_ca, client_ca)
+        self.proxies = {instance: self.proxy}
         self.api = AdminApi(
-            self.tokens,
-            project,
-            region,
-            name,
-            self.addresses,
-            self.proxy.server_ca,
-            self.proxy.client_ca,
+            self.tokens, project, region, {name: self.addresses}, server_ca, client_ca
         )
         self._http = ThreadingHTTPServer((_random_loopback(), 0), _handler(self))
         self._http.daemon_threads = True
@@ -542,6 +571,48 @@ class GoogleFake:
             **extra,
         }
 
+    def add_instance(self, instance: str, upstream: tuple[str, int]) -> ServerProxy:
+        """Another instance of the same project and region (a read replica, say): its own
+        server proxy and addresses, relaying to `upstream`, with the same CAs."""
+        proxy, addresses = _bind_proxy(
+            upstream, self.iam_passwords, self.proxy.server_ca, self.proxy.client_ca
+        )
+        self.api.instances[instance.split(":")[2]] = addresses
+        self.proxies[instance] = proxy
+        return proxy
+
+    def metadata(self, path: str, flavor: str | None) -> tuple[int, dict | str]:
+        """The metadata server of a Cloud Run instance running as `runtime_email`: what
+        google-auth asks (the ping at /, the account's email, its tokens, the project)."""
+        self.api.calls["metadata"] += 1
+        if flavor != "Google":
+            return 403, "Missing Metadata-Flavor:Google header."
+        route, _, query = path.partition("?")
+        base = "/computeMetadata/v1/"
+        if route == "/":
+            return 200, "computeMetadata/"
+        if route == base + "project/project-id":
+            return 200, self.api.project
+        account, _, leaf = route.removeprefix(base + "instance/service-accounts/").partition("/")
+        if account not in ("default", self.runtime_email):  # by alias or by email
+            return 404, "Not Found"
+        if leaf == "":
+            return 200, {"email": self.runtime_email, "scopes": [CLOUD_PLATFORM_SCOPE]}
+        if leaf == "token":
+            scopes = parse_qs(query).get("scopes", [CLOUD_PLATFORM_SCOPE])[0].split(",")
+            return 200, self.tokens.mint(self.runtime_email, set(scopes))
+        return 404, "Not Found"
+
+    def metadata_env(self, **extra: str) -> dict[str, str]:
+        """The function's environment on Cloud Run: no key file, the metadata server's address."""
+        host = self.endpoint.removeprefix("http://")
+        return {
+            **self.env(**extra),
+            "GOOGLE_APPLICATION_CREDENTIALS": "",
+            "GCE_METADATA_HOST": host,
+            "GCE_METADATA_IP": host,
+        }
+
     def refreshes(self) -> int:
         """Certificate refreshes so far: each asks for one ephemeral certificate."""
         return self.api.calls["generateEphemeralCert"]
@@ -550,7 +621,8 @@ class GoogleFake:
         self.api.stopping.set()
         self._http.shutdown()
         self._http.server_close()
-        self.proxy.close()
+        for proxy in self.proxies.values():
+            proxy.close()
 
 
 def _random_loopback() -> str:
@@ -558,16 +630,19 @@ def _random_loopback() -> str:
 
 
 def _bind_proxy(
-    types: list[str], upstream: tuple[str, int], iam_passwords: dict[str, str]
-) -> tuple[ServerProxy, list[str]]:
-    server_ca, client_ca = CertificateAuthority("fake server CA"), CertificateAuthority("client CA")
+    upstream: tuple[str, int],
+    iam_passwords: dict[str, str],
+    server_ca: CertificateAuthority,
+    client_ca: CertificateAuthority,
+) -> tuple[ServerProxy, dict[str, str]]:
+    """A server proxy on port 3307 of one address per IP type (PRIMARY, PRIVATE, PSC)."""
     for _ in range(20):
-        addresses = [_random_loopback() for _ in types]
+        addresses = [_random_loopback() for _ in range(3)]
         try:
             proxy = ServerProxy(addresses, server_ca, client_ca, upstream, iam_passwords)
         except OSError:  # taken by another run: draw again
             continue
-        return proxy, addresses
+        return proxy, dict(zip(["PRIMARY", "PRIVATE", "PSC"], addresses, strict=True))
     raise RuntimeError("no free loopback addresses for port 3307")
 
 
@@ -575,6 +650,9 @@ def _handler(fake: GoogleFake) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             fake.api.timeline.append((time.monotonic(), f"GET {self.path}"))
+            if self.path == "/" or self.path.startswith("/computeMetadata/"):
+                self._answer(*fake.metadata(self.path, self.headers.get("Metadata-Flavor")))
+                return
             self._answer(*fake.api.handle("GET", self.path, self._token(), {}))
 
         def do_POST(self) -> None:
@@ -589,10 +667,11 @@ def _handler(fake: GoogleFake) -> type[BaseHTTPRequestHandler]:
         def _token(self) -> str:
             return self.headers.get("Authorization", "").removeprefix("Bearer ")
 
-        def _answer(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
+        def _answer(self, status: int, payload: dict | str) -> None:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             try:
                 self.send_response(status)
+                self.send_header("Metadata-Flavor", "Google")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -85,3 +85,14 @@ def test_no_warning_when_the_fleet_fits(admin, make_app, capsys):
     capsys.readouterr()
     client.get("/")
     assert warnings(capsys.readouterr().out) == []
+
+
+def test_command_spreads_the_fleet_over_replicas_without_raising_it(capsys):
+    """Three instances (a primary and two replicas, or three read-pool nodes): the peak is
+    spread, but the bound is what one instance takes when the others are down."""
+    args = ["--max-connections", "25", "--reserved", "3", "--other", "2"]
+    assert capacity.main([*args, "--instances", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "max instances = floor(20 / (5 x overshoot 2)) = 2" in out  # unchanged
+    assert "spread over 3 database instances: about 7 connections each" in out
+    assert "each must admit all 20 when the others are down" in out

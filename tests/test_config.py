@@ -91,7 +91,7 @@ def test_sslmode_means_what_libpq_means(tmp_path, monkeypatch):
     ("env", "variable", "fragment"),
     [
         ({}, "DATABASE_URL", "not set"),
-        ({**BASE, "INSTANCE_CONNECTION_NAME": "p:r:i"}, "DATABASE_URL", "not both"),
+        ({**BASE, "INSTANCE_CONNECTION_NAME": "p:r:i"}, "DATABASE_URL", "set one of"),
         ({"DATABASE_URL": "mysql://a:b@h/db"}, "DATABASE_URL", "scheme 'mysql'"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL", "is not a URL"),
         (

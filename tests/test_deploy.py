@@ -65,7 +65,13 @@ def test_runtime_requirements_are_pinned_and_minimal():
         lines
     )
     names = {line.split("==")[0].lower() for line in lines}
-    assert names == {"functions-framework", "sqlalchemy", "pg8000", "cloud-sql-python-connector"}
+    assert names == {
+        "functions-framework",
+        "sqlalchemy",
+        "pg8000",
+        "cloud-sql-python-connector",
+        "google-cloud-alloydb-connector",  # imported only with ALLOYDB_INSTANCE_URI
+    }
 
 
 def deploy_step() -> tuple[dict, list[str]]:
