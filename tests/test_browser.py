@@ -12,7 +12,9 @@ import contextlib
 import http.server
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -103,6 +105,7 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its renderers and helpers: one group, stopped together
         )
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -141,9 +144,18 @@ class Browser:
         return result["result"].get("value")
 
     def close(self) -> None:
+        """Stop every process of the browser, so none still writes to the profile as it goes."""
         self.ws.close()
-        self.process.terminate()
+        group = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
         self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        with contextlib.suppress(ProcessLookupError):
+            while time.monotonic() < deadline:
+                os.killpg(group, 0)  # raises once the whole group is gone
+                time.sleep(0.05)
+            os.killpg(group, signal.SIGKILL)
 
 
 @pytest.fixture
