@@ -19,7 +19,6 @@ ALLOYDB_INSTANCE_URI is set, on the first request.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -104,8 +103,7 @@ class AlloyDbConnect(GatedConnect):
 def _close_late(attempt: Future) -> None:
     """A connection that arrived after its caller gave up: nobody will use it."""
     if not attempt.cancelled() and attempt.exception() is None:
-        with contextlib.suppress(Exception):
-            attempt.result().close()
+        driver.close_quietly(attempt.result())
 
 
 def _meaning(exc: Exception, instance: str, ad: AlloyDb, iam: IamUser | None) -> Exception:

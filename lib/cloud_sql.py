@@ -121,7 +121,7 @@ class CloudSqlConnect(GatedConnect):
         try:
             handover.set_result(conn)
         except InvalidStateError:
-            _close_quietly(conn)
+            driver.close_quietly(conn)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -155,13 +155,7 @@ def _close_if_dropped(task: asyncio.Task, login: Future) -> None:
     if not task.done():
         task.add_done_callback(lambda _: _close_if_dropped(task, login))
     elif task.cancelled() and not login.cancelled() and login.exception() is None:
-        _close_quietly(login.result())
-
-
-def _close_quietly(conn: Any) -> None:
-    if driver.is_connection(conn):
-        with contextlib.suppress(Exception):
-            conn.close()
+        driver.close_quietly(login.result())
 
 
 def _meaning(exc: Exception, instance: str, cs: CloudSql, iam: IamUser | None) -> Exception:

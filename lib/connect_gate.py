@@ -17,11 +17,9 @@ import time
 from typing import Any
 
 from lib import driver
+from lib.backoff import next_interval
 from lib.errors import ConnectError
 from lib.instances import Instances
-
-BACKOFF_FIRST_S = 1.0
-BACKOFF_MAX_S = 30.0
 
 
 class GatedConnect:
@@ -102,10 +100,7 @@ class GatedConnect:
     def _failed(self, failure: BaseException) -> None:
         with self._state:
             now = time.monotonic()
-            if self._failure is None:
-                self._interval = BACKOFF_FIRST_S
-            elif now >= self._retry_at:  # a retry after the interval failed too
-                self._interval = min(self._interval * 2, BACKOFF_MAX_S)
+            self._interval = next_interval(self._interval, self._retry_at, now)
             # Up to a quarter later, at random: instances that failed together (a fleet after
             # an outage) come back apart, and never sooner than the interval.
             jitter = random.uniform(1, 1.25)  # noqa: S311 - not for security

@@ -139,8 +139,10 @@ def parameter(conn: Any, name: str) -> str | None:
     return conn.parameter_statuses.get(name)
 
 
-def is_connection(conn: Any) -> bool:
-    return isinstance(conn, pg8000.dbapi.Connection)
+def close_quietly(conn: Any) -> None:
+    """Close a connection nobody will use; one that is already dead fails to say goodbye."""
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 def translate(exc: BaseException) -> DatabaseError | None:

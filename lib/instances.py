@@ -18,7 +18,6 @@ the whole DB_CONNECT_TIMEOUT of a request that another could serve.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import threading
@@ -28,13 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lib import driver
+from lib.backoff import next_interval
 from lib.errors import ConnectMayPass, ConnectMisconfigured
 from lib.failures import describe, misconfiguration
 
 log = logging.getLogger(__name__)
-
-BACKOFF_FIRST_S = 1.0
-BACKOFF_MAX_S = 30.0
 
 Connect = Callable[[str, float], Any]  # (instance, deadline) -> an open DB-API connection
 
@@ -83,7 +80,7 @@ class Instances:
                 if self._matches(name, conn, wanted):
                     self._served(name)
                     return conn
-                _close_quietly(conn)
+                driver.close_quietly(conn)
         raise self._no_instance(failures, wanted=passes[-1])
 
     def _passes(self) -> list[str]:
@@ -133,10 +130,7 @@ class Instances:
         now = time.monotonic()
         with self._lock:
             health = self._health[name]
-            if not health.interval:
-                health.interval = BACKOFF_FIRST_S
-            elif now >= health.retry_at:
-                health.interval = min(health.interval * 2, BACKOFF_MAX_S)
+            health.interval = next_interval(health.interval, health.retry_at, now)
             health.failed_at, health.retry_at = now, now + health.interval
         if len(self.names) > 1:
             log.warning(
@@ -174,8 +168,3 @@ def is_standby(conn: Any) -> bool:
     if reported is not None:
         return reported == "on"
     return bool(driver.fetch(conn, "SELECT pg_is_in_recovery()")[0][0])
-
-
-def _close_quietly(conn: Any) -> None:
-    with contextlib.suppress(Exception):
-        conn.close()
