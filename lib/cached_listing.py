@@ -16,19 +16,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import flask
+from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import compression, links, responses, validator
 from lib.cache import Entry, ResponseCache
 from lib.config import Settings
 from lib.engine import Database
-from lib.errors import Cancelled, ConnectionLost
-from lib.listing import open_listing
+from lib.listing import on_own_connection, open_listing
 from lib.paging import BadRequest, PageRequest
 from lib.resource import Resource
 from lib.telemetry import Stats, current
@@ -121,37 +120,16 @@ class CachedListings:
     def _probe(
         self, db: Database, token_sql: str, stats: Stats, watch: Watch
     ) -> tuple[Identity, str | None]:
-        """(server, token) now; a pooled connection found dead is retried once on a fresh
-        one, as a page is (lib/listing.py)."""
-        try:
-            try:
-                return self._probe_on_one_connection(db, token_sql, stats, watch)
-            except ConnectionLost:
-                stats.retried = True
-                return self._probe_on_one_connection(db, token_sql, stats, watch)
-        except Cancelled as exc:
-            stats.cancelled = exc.reason
-            raise
+        """(server, token) now, on a connection of its own, as a page is read."""
 
-    def _probe_on_one_connection(
-        self, db: Database, token_sql: str, stats: Stats, watch: Watch
-    ) -> tuple[Identity, str | None]:
-        started = time.perf_counter()
-        conn = db.checkout()
-        stats.pool_wait_ms += (time.perf_counter() - started) * 1000
-        try:
-            started = time.perf_counter()
-            known = validator.trusted_system_id(conn, db.session.pooler is not None)
+        def probe(conn: PoolProxiedConnection) -> tuple[Identity, str | None]:
             with watch.statement(conn):
-                [row] = db.fetch(conn, validator.probe_sql(token_sql, with_system_id=known is None))
-            if known is None:
-                validator.remember(conn, row[2])
-        finally:
-            db.release(conn)
-        stats.query_ms += (time.perf_counter() - started) * 1000
-        stats.queries += 1
-        system_id = known if known is not None else row[2]
-        return Identity(system_id=system_id, started=row[1]), row[0]
+                identity, token, _ = validator.read(
+                    db, conn, lambda with_id: validator.probe_sql(token_sql, with_id)
+                )
+            return identity, token
+
+        return on_own_connection(db, stats, probe)
 
     def _validator(self, db: Database, resource: Resource, schema: str | None) -> str | None:
         """The token SQL to read for this table, found once per process: the opt-in

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures  # its thread module loads on the first streamed listing
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -26,6 +27,8 @@ from lib.paging import PageRequest
 from lib.resource import Resource
 from lib.validator import Identity
 from lib.watch import CLIENT_LEFT, Watch
+
+T = TypeVar("T")
 
 UNDEFINED_COLUMN = "42703"
 PAGE_ROWS = 5000  # rows per round trip when streaming every row (~0.5 MB of users' JSON)
@@ -92,9 +95,8 @@ def fetch_page(
         if token_sql is None:
             [(rows, last_id, text, more)] = db.fetch(conn, sql)
             return Page(rows=rows, last_id=last_id, json=text, more=more)
-        known = validator.trusted_system_id(conn, db.session.pooler is not None)
-        [(token, started, system_id, rows, last_id, text, more)] = db.fetch(
-            conn, validator.render_sql(sql, token_sql, with_system_id=known is None)
+        identity, token, (rows, last_id, text, more) = validator.read(
+            db, conn, lambda with_id: validator.render_sql(sql, token_sql, with_id)
         )
     except ServerError as exc:
         if exc.sqlstate == UNDEFINED_COLUMN:  # dropped since the columns were checked
@@ -102,10 +104,39 @@ def fetch_page(
                 resource.columns_setting, f"{exc.message}: the table no longer has it"
             ) from exc
         raise
-    if known is None:
-        validator.remember(conn, system_id)
-    identity = Identity(system_id=known or system_id, started=started)
     return Page(rows, last_id, text, more, identity, token)
+
+
+def on_own_connection(
+    db: Database, stats: telemetry.Stats, work: Callable[[PoolProxiedConnection], T]
+) -> T:
+    """`work(conn)` on a connection checked out for it alone and given back before this
+    returns, so that nothing holds a connection while a client reads. A pooled connection
+    found dead (server restart, failover, idle cut) is retried once on a fresh one: `work` is
+    one read, so the retry means the same. A cancel (lib/watch.py) is noted in `stats`."""
+    try:
+        try:
+            return _once(db, stats, work)
+        except ConnectionLost:
+            stats.retried = True
+            return _once(db, stats, work)
+    except Cancelled as exc:
+        stats.cancelled = exc.reason
+        raise
+
+
+def _once(db: Database, stats: telemetry.Stats, work: Callable[[PoolProxiedConnection], T]) -> T:
+    started = time.perf_counter()
+    conn = db.checkout()
+    stats.pool_wait_ms += (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    try:
+        result = work(conn)
+    finally:
+        db.release(conn)
+    stats.query_ms += (time.perf_counter() - started) * 1000
+    stats.queries += 1
+    return result
 
 
 class Listing:
@@ -132,41 +163,25 @@ class Listing:
         self.stats = telemetry.current()  # kept: later pages stream after the handler returns
 
     def page(self, after: int, limit: int, token_sql: str | None = None) -> Page:
-        """The `limit` rows after key `after`, on a connection checked out for this page
-        and given back before the page is returned. A pooled connection found dead
-        (server restart, failover, idle cut) is retried once on a fresh one: a page is
-        one read, so the retry means the same."""
-        try:
-            try:
-                return self._page_on_one_connection(after, limit, token_sql)
-            except ConnectionLost:
-                self.stats.retried = True
-                return self._page_on_one_connection(after, limit, token_sql)
-        except Cancelled as exc:
-            self.stats.cancelled = exc.reason
-            raise
-
-    def _page_on_one_connection(self, after: int, limit: int, token_sql: str | None) -> Page:
-        started = time.perf_counter()
-        conn = self._db.checkout()
-        self.stats.pool_wait_ms += (time.perf_counter() - started) * 1000
-        try:
-            checked = _checked.setdefault(self._db, set())
-            if (self.resource, self._schema) not in checked:
-                with self.watch.statement(conn):
-                    check_columns(self._db, conn, self.resource, self._schema)
-                checked.add((self.resource, self._schema))
-            started = time.perf_counter()
-            with self.watch.statement(conn):  # each statement: a cancel must not outlive it
-                page = fetch_page(
-                    self._db, conn, self.resource, self._schema, after, limit, token_sql
-                )
-        finally:
-            self._db.release(conn)
-        self.stats.query_ms += (time.perf_counter() - started) * 1000
-        self.stats.queries += 1
+        """The `limit` rows after key `after`, on a connection of its own
+        (`on_own_connection`); the columns checked first if this database has not yet
+        found them."""
+        page = on_own_connection(
+            self._db, self.stats, lambda conn: self._fetch(conn, after, limit, token_sql)
+        )
         self.stats.rows += page.rows
         return page
+
+    def _fetch(
+        self, conn: PoolProxiedConnection, after: int, limit: int, token_sql: str | None
+    ) -> Page:
+        checked = _checked.setdefault(self._db, set())
+        if (self.resource, self._schema) not in checked:
+            with self.watch.statement(conn):
+                check_columns(self._db, conn, self.resource, self._schema)
+            checked.add((self.resource, self._schema))
+        with self.watch.statement(conn):  # each statement: a cancel must not outlive it
+            return fetch_page(self._db, conn, self.resource, self._schema, after, limit, token_sql)
 
     def prefetch(self, page: Page) -> None:
         """Start fetching the page after `page` on the helper thread, if more rows follow."""

@@ -21,11 +21,14 @@ catalog row versions: writes to other tables then no longer invalidate it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import statements
+from lib.engine import Database
 from lib.resource import Resource
 
 SNAPSHOT = "pg_current_snapshot()::text"
@@ -75,8 +78,8 @@ def find_sql(resource: Resource, schema: str | None) -> str:
 
 
 def probe_sql(token: str, with_system_id: bool) -> str:
-    """(token, start time[, system_identifier]): the whole probe, one round trip."""
-    return f"SELECT {token}, {START_TIME}" + (f", {SYSTEM_ID}" if with_system_id else "")
+    """(token, start time, system_identifier or NULL): the whole probe, one round trip."""
+    return f"SELECT {token}, {START_TIME}, {SYSTEM_ID if with_system_id else 'NULL'}"
 
 
 def render_sql(page_sql: str, token: str, with_system_id: bool) -> str:
@@ -86,13 +89,16 @@ def render_sql(page_sql: str, token: str, with_system_id: bool) -> str:
     return f"SELECT {token}, {START_TIME}, {system_id}, page.* FROM ({page_sql}) AS page"  # noqa: S608 - our statements
 
 
-def trusted_system_id(conn: PoolProxiedConnection, pooler: bool) -> str | None:
-    """The connection's system_identifier if known and valid for the next statement (not
-    behind a transaction pooler, where each statement may reach another server), else None:
-    then the statement reads it."""
-    return None if pooler else conn.info.get(_SYSTEM_ID_KEY)
-
-
-def remember(conn: PoolProxiedConnection, system_id: str) -> None:
-    """Keep the system_identifier with the physical connection (one server for its life)."""
-    conn.info[_SYSTEM_ID_KEY] = system_id
+def read(
+    db: Database, conn: PoolProxiedConnection, sql: Callable[[bool], str]
+) -> tuple[Identity, str | None, list[Any]]:
+    """Run the statement `sql(with_system_id)` (`probe_sql` or `render_sql`), whose first
+    columns are the token, the start time and the system_identifier: (the server's identity,
+    the token, the other columns). The system_identifier is kept with the physical
+    connection (one server for its life) and read again only behind a transaction pooler,
+    where each statement may reach another server."""
+    known = None if db.session.pooler is not None else conn.info.get(_SYSTEM_ID_KEY)
+    [(token, started, system_id, *rest)] = db.fetch(conn, sql(known is None))
+    if known is None:
+        conn.info[_SYSTEM_ID_KEY] = known = system_id
+    return Identity(system_id=known, started=started), token, rest
