@@ -63,7 +63,7 @@ _MISCONFIGURED = {
     "0A000": "the server does not support a requested feature: check DATABASE_URL",
 }
 _UNAVAILABLE = ("08", "53", "57P", "58", "40001", "40P01", "55P03")
-_QUERY_CANCELED = "57014"  # statement_timeout
+QUERY_CANCELED = "57014"  # statement_timeout
 _STARTING = "57P03"  # cannot_connect_now: the server is starting up, or in recovery
 
 _UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
@@ -177,7 +177,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure(500, "configuration_error", advice, False, logging.ERROR)
     chain = causes(exc)
     code = next((c.sqlstate for c in chain if isinstance(c, ServerError)), None)
-    if code == _QUERY_CANCELED:
+    if code == QUERY_CANCELED:
         return Failure(504, "statement_timeout", "The database query took too long.", False)
     if _pooler_busy(exc):
         return Failure(503, "database_unavailable", _POOLER_BUSY_MESSAGE, True)

@@ -25,7 +25,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lib import driver
 from lib.errors import Cancelled
-from lib.failures import sqlstate
+from lib.failures import QUERY_CANCELED, sqlstate
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ POLL_S = 0.05
 CLIENT_LEFT = "client_left"
 DEADLINE = "deadline"
 CLIENT_IDLE = "client_idle"
-_QUERY_CANCELED = "57014"
 
 
 def client_gone(sock: socket.socket | None) -> bool:
@@ -88,7 +87,7 @@ class Watch:
         try:
             yield
         except Exception as exc:
-            if self._cancel_sent and sqlstate(exc) == _QUERY_CANCELED:
+            if self._cancel_sent and sqlstate(exc) == QUERY_CANCELED:
                 raise Cancelled(self.reason or DEADLINE) from exc
             raise
         finally:
