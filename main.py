@@ -2,18 +2,20 @@
 
 This file only wires HTTP to lib/. Importing it reads and validates configuration but opens
 no connection and starts no thread: the engine is built on the first request, in the
-process that serves it (see lib/engine.py).
+process that serves it (see lib/postgres/database.py).
 """
 
 import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
-from lib import config, cors, responses, telemetry
-from lib.cached_listing import CachedListings
-from lib.engine import Database
-from lib.paging import PageRequest
-from lib.watch import Watch
+from lib import config
+from lib.http import cors, telemetry
+from lib.http import render as responses
+from lib.listing.cached import CachedListings
+from lib.listing.paging import PageRequest
+from lib.postgres.database import Database
+from lib.postgres.watch import Watch
 
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()

@@ -29,7 +29,7 @@ from bench import measure, plan, servers
 from bench.statements import pgbench_ms
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
-from lib import validator
+from lib.listing import validator
 
 USERS = 1_000
 WRITE_EVERY_S = 0.001  # the busy cluster: another table written every ms (~every request)

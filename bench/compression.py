@@ -24,8 +24,8 @@ from pathlib import Path
 
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
-from lib import compression
-from lib.listing import PAGE_ROWS
+from lib.http import compression
+from lib.listing.pages import PAGE_ROWS
 
 SIZES = (1_000, 100_000)
 _PAGE = (

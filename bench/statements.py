@@ -17,8 +17,8 @@ from pathlib import Path
 import pg8000.native
 
 from devtools.devdb import EmbeddedPostgres, bin_dir
+from lib.listing.statements import page_sql
 from lib.resource import Resource
-from lib.statements import page_sql
 
 COLUMNS = ("id", "email", "name", "created_at")
 LIMITS = (10, 1_000, 5_000)

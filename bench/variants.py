@@ -16,10 +16,11 @@ import functions_framework
 from sqlalchemy.pool import NullPool
 
 from bench.reference import rows_as_json
-from lib import config, responses
-from lib.engine import Database
-from lib.listing import open_listing
-from lib.paging import PageRequest
+from lib import config
+from lib.http import render as responses
+from lib.listing.pages import open_listing
+from lib.listing.paging import PageRequest
+from lib.postgres.database import Database
 
 SETTINGS = config.load_or_exit()
 

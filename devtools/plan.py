@@ -11,7 +11,7 @@ import os
 import sys
 
 from devtools import seed
-from lib.capacity import OVERSHOOT, Plan, read_budget
+from lib.postgres.capacity import OVERSHOOT, Plan, read_budget
 
 
 def read_server(url: str) -> tuple[int, int, int]:

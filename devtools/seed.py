@@ -17,7 +17,8 @@ from pathlib import Path
 import pg8000.dbapi
 import pg8000.native
 
-from lib import connect_url, database_url
+from lib.database_url import connect as connect_url
+from lib.database_url import uri as database_url
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 READER_ROLE = "users_reader"

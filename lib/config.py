@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from lib import database_url
-from lib.database_url import DatabaseUrl
+from lib.database_url import uri as database_url
+from lib.database_url.uri import DatabaseUrl
 from lib.errors import ConfigError
 from lib.resource import Resource, columns_setting
 

@@ -1,13 +1,13 @@
 """The function's own exceptions: what every other module raises and reads.
 
-The driver's exceptions stop at lib/driver.py, which translates them into these; the rest of
-lib/ never sees pg8000's. `failures.classify` turns each into a status.
+The driver's exceptions stop at lib/postgres/driver.py, which translates them into these; the
+rest of lib/ never sees pg8000's. `failures.classify` turns each into a status.
 
     ConfigError          a setting is missing or invalid (names the variable): a 500
     ConnectError         opening a connection failed; its __cause__ says why
       ConnectMisconfigured   ... and retrying cannot help until the configuration is fixed
       ConnectMayPass         ... and it may pass (another host may serve): never a 500
-    DatabaseError        the driver failed (translated by lib/driver.py)
+    DatabaseError        the driver failed (translated by lib/postgres/driver.py)
       ServerError          ... the server answered with an error (SQLSTATE and message)
       Disconnected         ... the driver lost its connection, or was handed a closed one
     ConnectionLost       a pooled connection died under a statement and was discarded
@@ -75,7 +75,7 @@ class PoolBusy(Exception):
 
 class Cancelled(Exception):
     """The request stopped its own work: `reason` is "client_left", "deadline" (past
-    REQUEST_TIMEOUT) or "client_idle" (lib/watch.py)."""
+    REQUEST_TIMEOUT) or "client_idle" (lib/postgres/watch.py)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -3,7 +3,7 @@
 Every name that belongs to a served table derives from its `Resource`: the envelope key
 (`{"users": [...]}`), the setting that lists its columns (USERS_COLUMNS), the advice in
 the errors that name that setting, the name of its prefetch thread; the statements
-(lib/statements.py) are built from it. Serving another table is one more Resource, one
+(lib/listing/statements.py) are built from it. Serving another table is one more Resource, one
 `<NAME>_COLUMNS` line and a GRANT. The function serves one: `users` (lib/config.py).
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# A plain lower-case identifier: PostgreSQL reads it bare as it is written (lib/statements.py
-# writes the table and key bare, and quotes the columns).
+# A plain lower-case identifier: PostgreSQL reads it bare as it is written
+# (lib/listing/statements.py writes the table and key bare, and quotes the columns).
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 

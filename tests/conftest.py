@@ -22,7 +22,7 @@ import pytest
 from devtools import seed
 from devtools.devdb import POSTGRES_MAJOR, EmbeddedPostgres
 from devtools.devdb import free_port as free_port  # re-exported: tests import it from here
-from lib.database_url import parse
+from lib.database_url.uri import parse
 from tests import processes, report
 from tests.connections import APP_NAME as APP_NAME  # re-exported, as free_port
 from tests.connections import function_connections as function_connections  # re-exported

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from devtools import seed
-from lib import config, listing
+from lib import config
+from lib.listing import pages as listing
 
 USERS = 300
 LIMIT = 10_000  # bytes: about 90 users of the seed

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from devtools import seed
-from lib import cache, compression, config, listing
-from lib.cache import Entry, ResponseCache
+from lib import config
 from lib.errors import ConfigError
+from lib.http import compression
+from lib.listing import cache
+from lib.listing import pages as listing
+from lib.listing.cache import Entry, ResponseCache
 from tests.conftest import insert_users
 
 MIGRATION = Path(__file__).resolve().parents[1] / "sql" / "cache_version.sql"

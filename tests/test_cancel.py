@@ -13,7 +13,7 @@ import pg8000.dbapi
 import pytest
 
 from devtools import seed
-from lib import driver
+from lib.postgres import driver
 from tests.conftest import insert_users, slow_users
 from tests.connections import APP_NAME, function_backends
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from devtools import plan as capacity
-from lib.capacity import Plan
+from lib.postgres.capacity import Plan
 from tests.conftest import ROOT
 
 

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 MARKER = "PW-MARKER-7c41e9"
 POOL_TIMEOUT, CONNECT_TIMEOUT, STATEMENT_TIMEOUT = 1.0, 1.0, 0.5
-READ_TIMEOUT = STATEMENT_TIMEOUT + CONNECT_TIMEOUT  # lib/engine.py: the socket read timeout
+READ_TIMEOUT = (
+    STATEMENT_TIMEOUT + CONNECT_TIMEOUT
+)  # lib/postgres/database.py: the socket read timeout
 # Worst case for one request: wait for the pool, then a dead pooled connection (a read
 # timing out) and one retry on a new connection that also times out.
 BUDGET = POOL_TIMEOUT + 2 * (CONNECT_TIMEOUT + READ_TIMEOUT) + 0.5

@@ -397,7 +397,7 @@ import functions_framework
 app = functions_framework.create_app(target="users", source="main.py")
 t1 = time.monotonic()
 if sys.argv[1] == "cloud_sql":
-    import lib.cloud_sql  # the connector stack, timed apart from the first request
+    import lib.connectors.cloud_sql  # the connector stack, timed apart from the first request
 t2 = time.monotonic()
 client = app.test_client()
 status = client.get("/").status_code

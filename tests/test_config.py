@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lib.config import DEFAULT_COLUMNS, ConfigError, load
-from lib.database_url import Host, parse
+from lib.database_url.uri import Host, parse
 from tests.conftest import ROOT, insert_users
 from tests.test_tls import make_ca, pem
 

@@ -8,7 +8,7 @@ import ssl
 import pytest
 
 from lib.config import ConfigError, load
-from lib.database_url import Host, Keepalives, parse
+from lib.database_url.uri import Host, Keepalives, parse
 from tests.test_tls import make_ca, pem
 
 PW = "s3cr%40t"  # percent-encoded '@'

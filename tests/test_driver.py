@@ -1,8 +1,9 @@
-"""The driver boundary (lib/driver.py): what it promises, and the pg8000 internals it leans on.
+"""The driver boundary (lib/postgres/driver.py): what it promises, and the pg8000 internals it
+leans on.
 
 pg8000 has no public API for the authentication hook or for the read timeout after login, so
-lib/driver.py uses `handle_AUTHENTICATION_REQUEST` and `_usock`. These tests fail loudly, with
-a message naming the internal, when a pg8000 upgrade moves one of them.
+lib/postgres/driver.py uses `handle_AUTHENTICATION_REQUEST` and `_usock`. These tests fail
+loudly, with a message naming the internal, when a pg8000 upgrade moves one of them.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import time
 import pg8000.core
 import pytest
 
-from lib import driver
 from lib.errors import ConnectMisconfigured, Disconnected, ServerError
+from lib.postgres import driver
 
 
 def login(postgres, **overrides) -> driver.Connection:
@@ -37,7 +38,8 @@ def login(postgres, **overrides) -> driver.Connection:
 
 def test_pg8000_still_has_the_authentication_hook_we_override():
     assert hasattr(pg8000.core.CoreConnection, "handle_AUTHENTICATION_REQUEST"), (
-        "pg8000 renamed handle_AUTHENTICATION_REQUEST: lib/driver.py's Connection no longer "
+        "pg8000 renamed handle_AUTHENTICATION_REQUEST: lib/postgres/driver.py's Connection no "
+        "longer "
         "checks channel_binding/require_auth before sending a password"
     )
 
@@ -60,7 +62,8 @@ def test_the_socket_we_hand_over_is_the_one_pg8000_reads(postgres):
     conn = login(postgres)
     try:
         assert isinstance(getattr(conn, "_usock", None), socket.socket), (
-            "pg8000 no longer keeps its socket in _usock: lib/driver.py's set_read_timeout "
+            "pg8000 no longer keeps its socket in _usock: lib/postgres/driver.py's "
+            "set_read_timeout "
             "and the channel_binding=disable workaround need another way in"
         )
     finally:

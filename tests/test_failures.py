@@ -1,5 +1,5 @@
 """`classify`, the one table from failure to status, read as a table: our own exceptions in
-(lib/errors.py, as lib/driver.py translates the driver's), status and code out. No driver
+(lib/errors.py, as lib/postgres/driver.py translates the driver's), status and code out. No driver
 and no database: each row is built by hand. Poolers' messages: tests/test_pooler_messages.py."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from lib.errors import (
     PoolBusy,
     ServerError,
 )
-from lib.failures import classify, describe
+from lib.postgres.diagnosis import classify, describe
 
 
 def server(code: str, message: str = "...") -> ServerError:

@@ -10,7 +10,7 @@ import pytest
 
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
-from lib.capacity import Plan
+from lib.postgres.capacity import Plan
 from tests import processes
 from tests.connections import PeakConnections
 from tests.load import Answer, Load

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devtools import seed
-from lib.paging import decode_cursor, encode_cursor
+from lib.listing.paging import decode_cursor, encode_cursor
 from tests.conftest import ROOT
 from tests.report import figure
 

@@ -12,7 +12,7 @@ import pytest
 
 from devtools import seed
 from devtools.devdb import free_port
-from lib import listing
+from lib.listing import pages as listing
 from tests.conftest import (
     function_connections,
     insert_users,

@@ -1,7 +1,7 @@
-"""lib.database_url against libpq itself (issue 16, part 3): a differential test.
+"""lib.database_url.uri against libpq itself (issue 16, part 3): a differential test.
 
 Every URI (PostgreSQL's own URI tests, the URLs providers hand out, generated edge cases) is
-given to libpq (psycopg's bundled libpq, the oracle) and to `lib.database_url.parse`. They
+given to libpq (psycopg's bundled libpq, the oracle) and to `lib.database_url.uri.parse`. They
 must agree: both refuse it, or both take it with the same meaning. A refusal of ours of what
 libpq takes is agreement only when its message says "not supported" and names the keyword
 (pg8000 or the function cannot do it), never "unknown parameter". The few intended
@@ -58,7 +58,7 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from lib.database_url import IGNORED, DatabaseUrl, parse
+from lib.database_url.uri import IGNORED, DatabaseUrl, parse
 from lib.errors import ConfigError
 from tests.report import figure
 from tests.test_tls import make_ca, pem, server_certificate

@@ -1,7 +1,7 @@
-"""What poolers and proxies say, classified by what it means (lib/pooler_messages.py):
+"""What poolers and proxies say, classified by what it means (lib/postgres/pooler_messages.py):
 full, slow, cut off from or waking its database is a 503 with Retry-After that says it may
 pass, and a connect worth trying again; the pooler's own misconfiguration is a 500 naming the
-fix. No driver and no database: the errors are our own (lib/errors.py), as lib/driver.py
+fix. No driver and no database: the errors are our own (lib/errors.py), as lib/postgres/driver.py
 translates the driver's."""
 
 # ruff: noqa: E501 - the messages are quoted whole, one a line
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from lib.errors import ConnectionLost, ServerError
-from lib.failures import classify, may_pass
+from lib.postgres.diagnosis import classify, may_pass
 
 # (source, SQLSTATE, message); a misconfiguration also names a fragment of its fix.
 MAY_PASS = [
@@ -94,7 +94,7 @@ MISCONFIGURED = [
     ("rds proxy", "28P01", "The password that was provided for the role app is wrong.", "Secrets Manager"),
     ("rds proxy", "08P01", "RDS supports only IAM or MD5 authentication.", "MD5"),
     ("rds proxy", "XX000", 'Request returned an error: database "app" does not exist', "database name"),
-    # As before: a refused startup parameter (lib/session.py falls back), a statement's error.
+    # As before: a refused startup parameter (lib/postgres/session.py falls back), a statement's error.
     ("pgbouncer", "08P01", "unsupported startup parameter: statement_timeout", "DATABASE_URL"),
     ("postgresql", "42703", 'column "query_wait_timeout" does not exist', "served columns"),
 ]  # fmt: skip
@@ -105,7 +105,7 @@ def server_error(code: str, message: str) -> ServerError:
 
 
 def lost_under_a_statement(code: str, message: str) -> ConnectionLost:
-    """As lib/engine.py raises it when the error closed a pooled connection."""
+    """As lib/postgres/database.py raises it when the error closed a pooled connection."""
     lost = ConnectionLost("DatabaseError")
     lost.__cause__ = server_error(code, message)
     return lost

@@ -17,8 +17,8 @@ import pytest
 
 from devtools import seed
 from lib.config import load
-from lib.connect_url import connect
-from lib.session import Session
+from lib.database_url.connect import connect
+from lib.postgres.session import Session
 from tests import processes
 from tests.load import Load, get
 from tests.pgbouncer import PgBouncer

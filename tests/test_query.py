@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import create_engine
 
 from bench.reference import rows_as_json
-from lib import listing
+from lib.listing import pages as listing
+from lib.listing.statements import page_sql
 from lib.resource import Resource
-from lib.statements import page_sql
 
 COLUMNS = "id,email,name,created_at,active,age,birthday,seen_at,ext_id,prefs,nickname,tags,balance"
 ROWS = [

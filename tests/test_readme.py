@@ -134,7 +134,7 @@ _REPO_PATH = re.compile(r"(?<![\w./~-])(?:lib|tests|devtools|bench|sql|docs|\.ci
 
 @pytest.mark.parametrize("path", docs(), ids=_name)
 def test_every_file_named_in_code_exists(path):
-    """`lib/engine.py` in a sentence is a promise too: a module renamed or split must be
+    """`lib/postgres/database.py` in a sentence is a promise too: a module renamed or split must be
     renamed here as well."""
     missing = set()
     for piece in code(text(path)):

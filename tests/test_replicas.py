@@ -1,5 +1,5 @@
 """Read replicas through the Cloud SQL connector: INSTANCE_CONNECTION_NAME names a primary and
-its replicas, chosen as libpq chooses among a URL's hosts (lib/instances.py).
+its replicas, chosen as libpq chooses among a URL's hosts (lib/connectors/instances.py).
 
 The real Connector, google-auth and aiohttp run against tests/google_fake.py with three
 instances: `main` relays to a real primary, `replica-a` and `replica-b` to its real streaming

@@ -16,10 +16,12 @@ import threading
 import flask
 import pytest
 
-from lib import config, listing, responses
-from lib.engine import Database
-from lib.listing import Listing, open_listing
-from lib.paging import PageRequest, decode_cursor
+from lib import config
+from lib.http import render as responses
+from lib.listing import pages as listing
+from lib.listing.pages import Listing, open_listing
+from lib.listing.paging import PageRequest, decode_cursor
+from lib.postgres.database import Database
 from lib.resource import Resource
 from tests.conftest import function_connections, insert_users
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from devtools import seed
-from lib import listing
+from lib.listing import pages as listing
 from tests import load, report
 from tests.conftest import insert_users
 

@@ -9,8 +9,8 @@ import pytest
 
 from lib import config
 from lib.errors import ConfigError
+from lib.listing.statements import check_columns, columns_sql, literal, page_sql
 from lib.resource import Resource
-from lib.statements import check_columns, columns_sql, literal, page_sql
 
 USERS = Resource("users", "users", ("id", "email", "name", "created_at"), "id")
 TEAMS = Resource("teams", "teams", ("id", "name"), "id")

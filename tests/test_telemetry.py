@@ -8,7 +8,8 @@ import jsonschema
 import yaml
 
 from devtools import seed
-from lib import listing, telemetry
+from lib.http import telemetry
+from lib.listing import pages as listing
 from tests.conftest import ROOT, free_port, function_connections
 
 
@@ -82,7 +83,7 @@ def test_failures_are_logged_as_warnings_without_secrets(admin, make_app, capsys
     [line] = request_lines(out)
     assert line["severity"] == "WARNING" and line["httpRequest"]["status"] == 503
     assert line["logging.googleapis.com/trace"].endswith("a" * 32)
-    assert any(entry.get("logger") == "lib.responses" for entry in log_lines(out))
+    assert any(entry.get("logger") == "lib.http.render" for entry in log_lines(out))
     assert "SECRET-77" not in out
 
 

@@ -143,7 +143,7 @@ def test_a_stream_cut_mid_way_is_visibly_incomplete_and_logged_as_an_error(admin
     assert line["severity"] == "ERROR" and line["truncated"] is True
     assert line["bytes"] == len(payload)
     assert line["cause"].startswith("database_unavailable: ")
-    assert "ConnectionLost" in line["cause"]  # classified by lib/failures.py
+    assert "ConnectionLost" in line["cause"]  # classified by lib/postgres/diagnosis.py
     log = served.log.read_text(errors="replace")
     assert "Traceback" not in log
     assert all(text.startswith("{") for text in log.splitlines() if text.strip())

@@ -3,17 +3,17 @@
 The connector (google-cloud-alloydb-connector 1.14) gets a client certificate and the
 instance's addresses from the AlloyDB Admin API (gRPC), opens a mutual-TLS tunnel to the
 instance's server proxy (port 5433), sends the metadata exchange (an OAuth2 token; for IAM
-login, AUTO_IAM) and hands the socket to pg8000. Like lib/cloud_sql.py, this module adds:
+login, AUTO_IAM) and hands the socket to pg8000. Like lib/connectors/cloud_sql.py, this module adds:
 
 - Time. The connector's own waits are long (gRPC 60 s, the exchange 30 s) and its `connect`
   cannot be cancelled: each attempt runs on a thread of ours and its caller waits at most its
   share of DB_CONNECT_TIMEOUT; a connection that arrives after the caller gave up is closed.
-- Admin API quota and instances: lib/connect_gate.py (one attempt per back-off interval while
-  connects fail) and lib/instances.py (the primary and read pools, prefer-standby).
+- Admin API quota and instances: lib/connectors/gate.py (one attempt per back-off interval while
+  connects fail) and lib/connectors/instances.py (the primary and read pools, prefer-standby).
 - Meaning. An Admin API refusal (PERMISSION_DENIED, NOT_FOUND) or a missing IP type becomes a
-  ConfigError naming the setting; IAM refusals name their fix (lib/iam.py).
+  ConfigError naming the setting; IAM refusals name their fix (lib/connectors/iam.py).
 
-This module imports the connector and grpcio: lib/engine.py imports it only when
+This module imports the connector and grpcio: lib/postgres/database.py imports it only when
 ALLOYDB_INSTANCE_URI is set, on the first request.
 """
 
@@ -28,12 +28,12 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud.alloydbconnector import Connector, IPTypes
 from google.cloud.alloydbconnector.exceptions import IPTypeNotFoundError
 
-from lib import driver
 from lib.config import AlloyDb
-from lib.connect_gate import GatedConnect
+from lib.connectors.gate import GatedConnect
+from lib.connectors.iam import ALLOYDB, IamUser, login_refusal, runtime_user
+from lib.connectors.instances import Instances
 from lib.errors import ConfigError
-from lib.iam import ALLOYDB, IamUser, login_refusal, runtime_user
-from lib.instances import Instances
+from lib.postgres import driver
 
 
 class AlloyDbConnect(GatedConnect):

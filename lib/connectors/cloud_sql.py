@@ -9,13 +9,13 @@ instance's server proxy (port 3307) and logs in through it. It leaves three thin
   Here each connect runs on an event loop of our own and its caller waits at most
   DB_CONNECT_TIMEOUT; an attempt given up is cancelled and whatever it opens is closed.
 - Admin API quota. After a failed connect the connector refreshes its certificate on the
-  next one (two API calls), and concurrent failing connects each refresh: lib/connect_gate.py
+  next one (two API calls), and concurrent failing connects each refresh: lib/connectors/gate.py
   lets one attempt through per back-off interval while connects fail.
 - Meaning. An Admin API refusal (403, 404), a wrong region or a missing IP type becomes a
   ConfigError naming the setting to fix; a driver error keeps its SQLSTATE. Either is the
   `__cause__` of the ConnectError raised to the pool.
 
-This module imports the connector (~0.45 s, ~900 modules): lib/engine.py imports it only
+This module imports the connector (~0.45 s, ~900 modules): lib/postgres/database.py imports it only
 when INSTANCE_CONNECTION_NAME is set, on the first request.
 """
 
@@ -33,12 +33,12 @@ import google.auth.exceptions
 from google.cloud.sql.connector import Connector, IPTypes
 from google.cloud.sql.connector.exceptions import AutoIAMAuthNotSupported, CloudSQLIPTypeError
 
-from lib import driver
 from lib.config import CloudSql
-from lib.connect_gate import GatedConnect
+from lib.connectors.gate import GatedConnect
+from lib.connectors.iam import IamUser, login_refusal, runtime_user
+from lib.connectors.instances import Instances
 from lib.errors import ConfigError
-from lib.iam import IamUser, login_refusal, runtime_user
-from lib.instances import Instances
+from lib.postgres import driver
 
 
 class CloudSqlConnect(GatedConnect):

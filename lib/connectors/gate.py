@@ -16,10 +16,10 @@ import threading
 import time
 from typing import Any
 
-from lib import driver
-from lib.backoff import next_interval
+from lib.connectors.instances import Instances
 from lib.errors import ConnectError
-from lib.instances import Instances
+from lib.postgres import driver
+from lib.postgres.backoff import next_interval
 
 
 class GatedConnect:

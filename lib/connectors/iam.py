@@ -6,8 +6,9 @@ metadata server, which google-auth asks when it refreshes the credentials. Cloud
 an IAM user for a service account by its email without `.gserviceaccount.com`.
 
 An IAM login can fail in four places, each with its own fix. The Admin API refusing (no
-roles/cloudsql.client or roles/alloydb.client) is read in lib/cloud_sql.py and lib/alloydb.py;
-a statement refused (no GRANT) in lib/failures.py; the two refusals at login are read here.
+roles/cloudsql.client or roles/alloydb.client) is read in lib/connectors/cloud_sql.py and
+lib/connectors/alloydb.py; a statement refused (no GRANT) in lib/postgres/diagnosis.py; the two
+refusals at login are read here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import google.auth.exceptions
 import google.auth.transport.requests
 
 from lib.errors import ConfigError
-from lib.failures import server_error
+from lib.postgres.diagnosis import server_error
 
 log = logging.getLogger(__name__)
 

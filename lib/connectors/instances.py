@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lib import driver
-from lib.backoff import next_interval
 from lib.errors import ConnectMayPass, ConnectMisconfigured
-from lib.failures import describe, misconfiguration
+from lib.postgres import driver
+from lib.postgres.backoff import next_interval
+from lib.postgres.diagnosis import describe, misconfiguration
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ pg8000 dials one host and takes any authentication the server proposes. libpq, w
 users paste, tries a list of hosts in order, each within connect_timeout, keeps the first
 that matches target_session_attrs, refuses a server that will not do channel binding when
 asked to, and tunes TCP keepalives. This module does those things, then hands the driver
-(lib/driver.py) the open socket.
+(lib/postgres/driver.py) the open socket.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import struct
 import time
 from typing import Any
 
-from lib import driver
-from lib.database_url import DatabaseUrl, Host, Keepalives, wire
+from lib.database_url.uri import DatabaseUrl, Host, Keepalives, wire
 from lib.errors import ConnectMayPass, ConnectMisconfigured
-from lib.failures import describe, may_pass, misconfiguration, sqlstate
-from lib.session import Session
+from lib.postgres import driver
+from lib.postgres.diagnosis import describe, may_pass, misconfiguration, sqlstate
+from lib.postgres.session import Session
 
 # Host names that resolved at least once in this process: a name that never did is a typo
 # (a configuration error); one that did and fails now is a DNS outage (it may pass).

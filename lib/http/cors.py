@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import flask
 
-from lib.responses import json_error
+from lib.http.render import json_error
 
 ANY = "*"
 ALLOW_METHODS = "GET, HEAD"

@@ -14,7 +14,7 @@ import re
 
 import flask
 
-from lib.paging import BadRequest, encode_cursor
+from lib.listing.paging import BadRequest, encode_cursor
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]{{2,45}}\])(?::[0-9]{{1,5}})?")

@@ -22,13 +22,13 @@ from typing import Any
 import flask
 from werkzeug.exceptions import HTTPException
 
-from lib import compression, links
-from lib.body_limit import listing_body
 from lib.errors import Cancelled
-from lib.failures import RETRY_AFTER_S, classify, describe
-from lib.listing import Listing
-from lib.paging import MAX_LIMIT, BadRequest, PageRequest
-from lib.watch import CLIENT_IDLE, DEADLINE
+from lib.http import compression, links
+from lib.listing.body import listing_body
+from lib.listing.pages import Listing
+from lib.listing.paging import MAX_LIMIT, BadRequest, PageRequest
+from lib.postgres.diagnosis import RETRY_AFTER_S, classify, describe
+from lib.postgres.watch import CLIENT_IDLE, DEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def listing_json(
     etag: str | None = None,
 ) -> flask.Response:
     """`{"users": [...]}`, keyed by the listing's resource name (plus `next` when paging);
-    streamed when it spans several pages. `etag`: the validator's (lib/cached_listing.py),
+    streamed when it spans several pages. `etag`: the validator's (lib/listing/cached.py),
     else the ETag is a hash of the bytes sent."""
     built = whole_body(request, listing, page)
     if built is None:
@@ -169,7 +169,7 @@ def streamed(
     etag: str | None = None,
 ) -> flask.Response:
     """Every user, page by page (gzip-encoded page by page if accepted), ended early with
-    `next` before `max_bytes` of JSON (lib/body_limit.py); with the weak `etag` of the first
+    `next` before `max_bytes` of JSON (lib/listing/body.py); with the weak `etag` of the first
     page's validator if given, known before the first byte.
 
     Past the first page the status line is sent, so a failure can no longer become an

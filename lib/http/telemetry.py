@@ -43,7 +43,7 @@ class Stats:
     cut: str | None = None  # why a streamed response ended before its last byte
     client_left: bool = False  # ... and it was the client's doing, not ours
     cache: str | None = None  # the response cache: hit, miss, skip (no probe) or off
-    cancelled: str | None = None  # why a running statement was cancelled (lib/watch.py)
+    cancelled: str | None = None  # why a running statement was cancelled (lib/postgres/watch.py)
 
     @property
     def truncated(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 
-from lib.listing import Page
+from lib.listing.pages import Page
 
 
 def listing_body(

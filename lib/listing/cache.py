@@ -2,7 +2,7 @@
 
 An entry is one response's body (raw, and gzip once a client asked for it) with the
 validator token it was rendered at; its key is (the server, the request's shape)
-(lib/cached_listing.py). A request whose shape no entry holds skips the probe: it could only
+(lib/listing/cached.py). A request whose shape no entry holds skips the probe: it could only
 miss. Nothing here does I/O or decides freshness: the caller serves an
 entry only when a probe or render just read the same token from the same server.
 

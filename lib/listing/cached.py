@@ -1,11 +1,11 @@
 """The listing behind the exact-validator cache: a probe first, a render only on a change.
 
 For each request the server's identity and validator token are read first, by a probe
-of one round trip (lib/validator.py). A matching If-None-Match then gets 304, and a
+of one round trip (lib/listing/validator.py). A matching If-None-Match then gets 304, and a
 stored response rendered at the same token on the same server is sent as it was kept;
 anything else renders, reading its token in the page's own statement, and is kept for the
 next request. While probes keep missing (writes elsewhere in the cluster), requests render
-at once and the probe resumes once renders show that it would hit again (lib/cache.py).
+at once and the probe resumes once renders show that it would hit again (lib/listing/cache.py).
 
 The cache turns itself off, saying why in one log line, when the role may not execute the
 functions the validator reads; it never guesses.
@@ -23,16 +23,18 @@ from typing import Any
 import flask
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lib import compression, links, responses, validator
-from lib.cache import Entry, ResponseCache
 from lib.config import Settings
-from lib.engine import Database
-from lib.listing import on_own_connection, open_listing
-from lib.paging import BadRequest, PageRequest
+from lib.http import compression, links
+from lib.http import render as responses
+from lib.http.telemetry import Stats, current
+from lib.listing import validator
+from lib.listing.cache import Entry, ResponseCache
+from lib.listing.pages import on_own_connection, open_listing
+from lib.listing.paging import BadRequest, PageRequest
+from lib.listing.validator import Identity
+from lib.postgres.database import Database
+from lib.postgres.watch import Watch
 from lib.resource import Resource
-from lib.telemetry import Stats, current
-from lib.validator import Identity
-from lib.watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class CachedListings:
         self.settings = settings
         self.cache = ResponseCache(settings.response_cache_bytes)
         self.off: str | None = None if settings.response_cache_bytes else "RESPONSE_CACHE=off"
-        # Per (resource, schema): the token SQL found on first use (lib/validator.py).
+        # Per (resource, schema): the token SQL found on first use (lib/listing/validator.py).
         self._found: dict[tuple[Resource, str | None], str] = {}
         self._lock = threading.Lock()
 
@@ -180,7 +182,7 @@ class Shape:
     after: int
     limit: int | None
     encoding: tuple[bool, bool]
-    origin: str | None  # the links' scheme and host (lib/links.py)
+    origin: str | None  # the links' scheme and host (lib/http/links.py)
     max_bytes: int | None  # where a streamed listing ends with `next` (MAX_RESPONSE_BYTES)
 
 

@@ -6,7 +6,7 @@ starts. Every page, the first and the streamed ones, goes through `Listing.page`
 connection out, have PostgreSQL render the page, give the connection back, and only then
 hand the page on to be written to the client. A slow or stalled client therefore holds a
 worker thread and at most two pages of memory, never a database connection. The statements
-come from lib/statements.py. Nothing here connects in a constructor.
+come from lib/listing/statements.py. Nothing here connects in a constructor.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import TypeVar
 
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lib import statements, telemetry, validator
-from lib.engine import Database
 from lib.errors import Cancelled, ConfigError, ConnectionLost, ServerError
-from lib.paging import PageRequest
+from lib.http import telemetry
+from lib.listing import statements, validator
+from lib.listing.paging import PageRequest
+from lib.listing.validator import Identity
+from lib.postgres.database import Database
+from lib.postgres.watch import CLIENT_LEFT, Watch
 from lib.resource import Resource
-from lib.validator import Identity
-from lib.watch import CLIENT_LEFT, Watch
 
 T = TypeVar("T")
 
@@ -59,9 +60,9 @@ def open_listing(
     watch: Watch | None = None,
     token_sql: str | None = None,
 ) -> Listing:
-    """Fetch the first page (read with the validator `token_sql`, if given: lib/validator.py);
-    the rest is `Listing.rest()`. `watch` cancels a statement whose client has left or whose
-    deadline has passed (lib/watch.py).
+    """Fetch the first page (read with the validator `token_sql`, if given:
+    lib/listing/validator.py); the rest is `Listing.rest()`. `watch` cancels a statement whose
+    client has left or whose deadline has passed (lib/postgres/watch.py).
 
     Holding the first page before the response starts means any database error on it
     still becomes a proper status code.
@@ -113,7 +114,7 @@ def on_own_connection(
     """`work(conn)` on a connection checked out for it alone and given back before this
     returns, so that nothing holds a connection while a client reads. A pooled connection
     found dead (server restart, failover, idle cut) is retried once on a fresh one: `work` is
-    one read, so the retry means the same. A cancel (lib/watch.py) is noted in `stats`."""
+    one read, so the retry means the same. A cancel (lib/postgres/watch.py) is noted in `stats`."""
     try:
         try:
             return _once(db, stats, work)

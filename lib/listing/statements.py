@@ -33,7 +33,7 @@ def literal(value: int | str) -> str:
 
 def table_name(resource: Resource, schema: str | None) -> str:
     """The table as the statements write it: in DATABASE_URL's `schema` (a plain identifier,
-    lib/database_url.py) if one is named, else bare, found on the search_path."""
+    lib/database_url/uri.py) if one is named, else bare, found on the search_path."""
     return f"{literal(schema)}.{literal(resource.table)}" if schema else resource.table
 
 

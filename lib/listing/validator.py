@@ -27,8 +27,8 @@ from typing import Any
 
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lib import statements
-from lib.engine import Database
+from lib.listing import statements
+from lib.postgres.database import Database
 from lib.resource import Resource
 
 SNAPSHOT = "pg_current_snapshot()::text"

@@ -1,6 +1,6 @@
-"""The back-off after failed connects, shared by the connector paths' gate (lib/connect_gate.py)
-and the instance choice (lib/instances.py): 1 s after the first failure, doubled up to 30 s
-each time the retry that the interval allowed fails too."""
+"""The back-off after failed connects, shared by the connector paths' gate
+(lib/connectors/gate.py) and the instance choice (lib/connectors/instances.py): 1 s after the
+first failure, doubled up to 30 s each time the retry that the interval allowed fails too."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lib import driver
 from lib.config import Settings
+from lib.postgres import driver
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from lib import connect_url, driver
 from lib.config import Settings
+from lib.database_url import connect as connect_url
 from lib.errors import ConnectionLost, PoolBusy
-from lib.failures import is_disconnect
-from lib.last_known import LastKnown
-from lib.session import Session
+from lib.postgres import driver
+from lib.postgres.diagnosis import is_disconnect
+from lib.postgres.last_known import LastKnown
+from lib.postgres.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class Database:
         self.settings = settings
         self._lock = threading.Lock()
         self._engine: Engine | None = None
-        # lib.cloud_sql.CloudSqlConnect or lib.alloydb.AlloyDbConnect, imported lazily
+        # lib.connectors.cloud_sql.CloudSqlConnect or lib.connectors.alloydb.AlloyDbConnect,
+        # imported lazily
         self._cloud_sql: Any = None
         # When a connection was last found dead: pooled ones idle since then are checked first.
         self._lost_at = 0.0
@@ -169,11 +171,15 @@ class Database:
             "timeout": s.connect_timeout,
         }
         if s.cloud_sql is not None:
-            from lib.cloud_sql import CloudSqlConnect  # imports the connector: only on this path
+            from lib.connectors.cloud_sql import (
+                CloudSqlConnect,  # imports the connector: only on this path
+            )
 
             creator = self._cloud_sql = CloudSqlConnect(s.cloud_sql, driver_args, s.connect_timeout)
         elif s.alloydb is not None:
-            from lib.alloydb import AlloyDbConnect  # imports the connector: only on this path
+            from lib.connectors.alloydb import (
+                AlloyDbConnect,  # imports the connector: only on this path
+            )
 
             creator = self._cloud_sql = AlloyDbConnect(s.alloydb, driver_args, s.connect_timeout)
         else:

@@ -5,9 +5,10 @@ acts: what may pass by itself (the server restarting, a network cut, the pool fu
 with Retry-After; what retrying cannot fix (a wrong password, a missing database, table or
 grant, TLS or channel binding the server cannot meet, a host name that never resolved) is a
 500 `configuration_error` that says what to fix, so nobody retries a deployment mistake
-forever. A pooler's or proxy's own errors are read by their message (lib/pooler_messages.py).
+forever. A pooler's or proxy's own errors are read by their message
+(lib/postgres/pooler_messages.py).
 
-Only our own exceptions (lib/errors.py) are read here: `causes` has lib/driver.py translate
+Only our own exceptions (lib/errors.py) are read here: `causes` has lib/postgres/driver.py translate
 the driver's. `responses` renders what `classify` returns; `connect_url.connect` retries what
 `may_pass`.
 """
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import exc as sa_exc
 
-from lib import driver
 from lib.errors import (
     Cancelled,
     ConfigError,
@@ -33,7 +33,8 @@ from lib.errors import (
     PoolBusy,
     ServerError,
 )
-from lib.pooler_messages import pooler_rule
+from lib.postgres import driver
+from lib.postgres.pooler_messages import pooler_rule
 
 RETRY_AFTER_S = 1
 

@@ -1,6 +1,6 @@
 """pg8000, the driver, behind one boundary: the only module of the function that imports it.
 
-What the function needs from a driver is small: a login on a socket that lib/connect_url.py
+What the function needs from a driver is small: a login on a socket that lib/database_url/connect.py
 opened (host choice and TLS are ours), with an authentication policy checked before any
 password is sent; a read timeout for the statements after it; running one statement; and its
 exceptions in our own terms (lib/errors.py), so that nothing else knows pg8000's error layout.

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from lib.failures import classify, describe
+from lib.postgres.diagnosis import classify, describe
 
 
 def _iso(at: float | None) -> str | None:

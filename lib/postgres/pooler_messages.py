@@ -3,7 +3,7 @@
 A pooler or proxy in front (PgBouncer, Supavisor, Neon, RDS Proxy) answers with SQLSTATEs of
 its own choosing (08P01, XX000) both for what the operator must fix and for what passes by
 itself (full, slow, waking its database), so its errors are classified by their message.
-lib/failures.py asks `pooler_rule`; tests/test_pooler_messages.py holds each rule to real
+lib/postgres/diagnosis.py asks `pooler_rule`; tests/test_pooler_messages.py holds each rule to real
 messages from the sources below.
 """
 

@@ -16,11 +16,11 @@ import re
 import threading
 from typing import Any
 
-from lib import driver
-from lib.capacity import check_budget
 from lib.config import Settings
 from lib.errors import ConnectMisconfigured
-from lib.failures import server_error
+from lib.postgres import driver
+from lib.postgres.capacity import check_budget
+from lib.postgres.diagnosis import server_error
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lib import driver
 from lib.errors import Cancelled
-from lib.failures import QUERY_CANCELED, sqlstate
+from lib.postgres import driver
+from lib.postgres.diagnosis import QUERY_CANCELED, sqlstate
 
 log = logging.getLogger(__name__)
 

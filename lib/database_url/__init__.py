@@ -1,0 +1,1 @@
+"""`DATABASE_URL`, read with libpq's meaning, and connecting through it."""
