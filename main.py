@@ -10,12 +10,9 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from lib import config
-from lib.http import cors, telemetry
-from lib.http import render as responses
+from lib.http import cors, render, request, telemetry
 from lib.listing.cached import CachedListings
-from lib.listing.paging import PageRequest
 from lib.postgres.database import Database
-from lib.postgres.watch import Watch
 
 telemetry.configure_logging()
 SETTINGS = config.load_or_exit()
@@ -24,18 +21,17 @@ LISTINGS = CachedListings(SETTINGS)  # this process's response cache (docs/cache
 
 
 @functions_framework.http
-@responses.unread_body
+@render.unread_body
 @telemetry.logged(DB.pool_state, SETTINGS.project)
 @cors.handled(SETTINGS.cors_origins)
-@responses.json_errors
-def users(request: flask.Request) -> flask.Response:
-    if responses.route(request) == "/healthz":
+@render.json_errors
+def users(http_request: flask.Request) -> flask.Response:
+    asked = request.parse(http_request, SETTINGS)  # a bad request ends here, before any I/O
+    if isinstance(asked, request.Health):
         database = {**DB.session.health(), **DB.last_known.state()}
-        return responses.health(DB.pool_state(), database, LISTINGS.health())
-    page = PageRequest.from_args(request.args)
-    watch = Watch.of(request.environ, SETTINGS.request_timeout, SETTINGS.client_idle_timeout)
-    return LISTINGS.respond(request, DB, SETTINGS.resource, SETTINGS.schema, page, watch)
+        return render.health(DB.pool_state(), database, LISTINGS.health())
+    return render.listing(LISTINGS.respond(DB, asked.query, asked.watch), asked.watch)
 
 
 # What functions-framework answers itself (a 404 for /robots.txt and /favicon.ico) is JSON too.
-functions_framework.errorhandler(HTTPException)(responses.framework_error)
+functions_framework.errorhandler(HTTPException)(render.framework_error)

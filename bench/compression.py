@@ -3,10 +3,11 @@
     python -m bench.compression [--url postgresql://...] > bench/compression.md
 
 Without --url, starts an embedded PostgreSQL and seeds 100,000 users (devtools). The bodies
-are the function's bytes: rows rendered by PostgreSQL's row_to_json, joined as lib/responses
-joins them. "whole" compresses a body in one call (lib/compression.compress); "streamed"
-compresses it page by page (PAGE_ROWS users a page) with a flush after each page, as a
-streamed listing is sent (lib/compression.GzipStream). CPU is this thread's CPU time, the
+are the function's bytes: rows rendered by PostgreSQL's row_to_json, joined as
+lib/listing/pages.py joins them. "whole" compresses a body in one call
+(lib/listing/compression.compress); "spooled" compresses it from its spool, CHUNK bytes at a
+time, as a listing larger than the spool's memory is sent (compress_file). CPU is this
+thread's CPU time, the
 best of --repeat runs. Prints a markdown table (and, when the packages are installed, what
 brotli and zstandard would give, with their import cost).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import subprocess
 import sys
 import tempfile
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
-from lib.http import compression
+from lib.listing import compression
 from lib.listing.pages import PAGE_ROWS
 
 SIZES = (1_000, 100_000)
@@ -36,7 +38,7 @@ _PAGE = (
 
 
 def pages(url: str, users: int) -> list[bytes]:
-    """The body of a listing of `users` users, in the pieces a streamed listing sends."""
+    """The body of a listing of `users` users, in the pages it is read in."""
     conn = seed.connect(url)
     cursor = conn.cursor()
     texts = []
@@ -58,9 +60,10 @@ def cpu_seconds(work: Callable[..., bytes], args: tuple, repeat: int) -> tuple[f
     return best, size
 
 
-def streamed(parts: list[bytes], level: int) -> bytes:
-    stream = compression.GzipStream(level)
-    return b"".join([stream.page(p) for p in parts[:-1]] + [stream.finish(parts[-1])])
+def spooled(body: bytes, level: int) -> bytes:
+    out = io.BytesIO()
+    compression.compress_file(io.BytesIO(body), out.write, level)
+    return out.getvalue()
 
 
 def import_ms(module: str) -> float | None:
@@ -103,12 +106,12 @@ def table(url: str, repeat: int) -> str:
         parts = pages(url, users)
         body = b"".join(parts)
         biggest = body
-        for mode in ("whole", "streamed"):
+        for mode in ("whole", "spooled"):
             for level in range(1, 10):
                 if mode == "whole":
                     cpu, size = cpu_seconds(compression.compress, (body, level), repeat)
                 else:
-                    cpu, size = cpu_seconds(streamed, (parts, level), repeat)
+                    cpu, size = cpu_seconds(spooled, (body, level), repeat)
                 mb = len(body) / 1e6
                 saved = (len(body) - size) / 1e6
                 lines.append(

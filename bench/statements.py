@@ -26,7 +26,7 @@ _C = ", ".join(COLUMNS)
 _P = ", ".join(f"page.{c}" for c in COLUMNS)
 # The statements compared; {after} and {limit} filled in per run.
 STATEMENTS = {
-    "page statement (this function)": None,  # lib/statements.page_sql
+    "page statement (this function)": None,  # lib/listing/statements.page_sql
     "before #11: CTE read twice + EXISTS": (
         f"WITH page AS (SELECT {_C} FROM users WHERE id > {{after}} ORDER BY id LIMIT {{limit}}) "
         "SELECT count(*), max(page.id), "
@@ -68,7 +68,7 @@ class Figure:
 def sql(name: str, after: int, limit: int) -> str:
     template = STATEMENTS[name]
     if template is None:
-        return page_sql(Resource("users", "users", COLUMNS), None, after, limit)
+        return page_sql(Resource("users", "users", COLUMNS), after, limit)
     return template.format(after=int(after), limit=int(limit))
 
 

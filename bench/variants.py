@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import flask
@@ -17,9 +18,8 @@ from sqlalchemy.pool import NullPool
 
 from bench.reference import rows_as_json
 from lib import config
-from lib.http import render as responses
-from lib.listing.pages import open_listing
-from lib.listing.paging import PageRequest
+from lib.http import render, request
+from lib.listing.cached import CachedListings
 from lib.postgres.database import Database
 
 SETTINGS = config.load_or_exit()
@@ -34,17 +34,18 @@ class NullPoolDatabase(Database):
 
 NULLPOOL_DB = NullPoolDatabase(SETTINGS)
 POOLED_DB = Database(SETTINGS)
+UNCACHED = CachedListings(replace(SETTINGS, response_cache_bytes=0))
 ROWS_SQL = f"SELECT {', '.join(SETTINGS.columns)} FROM {SETTINGS.resource.table} ORDER BY id"
 
 
 @functions_framework.http
-@responses.unread_body
-@responses.json_errors
-def users_nullpool(request: flask.Request) -> flask.Response:
-    responses.route(request)  # as main.users: method and path checked
-    page = PageRequest.from_args(request.args)
-    listing = open_listing(NULLPOOL_DB, SETTINGS.resource, SETTINGS.schema, page)
-    return responses.listing_json(request, listing, page)
+@render.unread_body
+@render.json_errors
+def users_nullpool(http_request: flask.Request) -> flask.Response:
+    asked = request.parse(http_request, SETTINGS)  # as main.users, without the cache
+    if isinstance(asked, request.Health):
+        return render.json_error(404, "not_found", "the nullpool variant serves / only")
+    return render.listing(UNCACHED.respond(NULLPOOL_DB, asked.query, asked.watch), asked.watch)
 
 
 @functions_framework.http

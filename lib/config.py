@@ -12,13 +12,14 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from lib.database_url import uri as database_url
 from lib.database_url.uri import DatabaseUrl
-from lib.errors import ConfigError
+from lib.errors import ConfigError, bounded
+from lib.names import LABEL, PLAIN_IDENTIFIER
 from lib.resource import Resource, columns_setting
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,11 @@ USERS = "users"  # the resource the function serves at `/`: its envelope key and
 DEFAULT_COLUMNS = ("id", "email", "name", "created_at")  # when USERS_COLUMNS is not set
 APPLICATION_NAME = "users-function"
 RESPONSE_CACHE_MB = 4  # docs/cache.md: RSS measured full, inside Cloud Run's 128 MiB with room
-# Cloud Run functions cut a streamed response past 10 MB of body (docs/http-api.md): stay
-# under it whether "MB" means 10^6 or 2^20 bytes.
-CLOUD_RUN_MAX_BYTES = 10_000_000
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_ORIGIN = re.compile(rf"https?://(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?")
+# Cloud Run functions refuse a response past 32 MB, uncompressed, when it is not streamed
+# (docs/http-api.md gives the source); every listing is sent whole. 32 MB whether "MB" means
+# 10^6 or 2^20 bytes, less 100 kB for the status line and headers (under 2 kB here).
+CLOUD_RUN_MAX_BYTES = 31_900_000
+_ORIGIN = re.compile(rf"https?://(?:{LABEL}(?:\.{LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?")
 _IP_TYPES = {"public": "PUBLIC", "private": "PRIVATE", "psc": "PSC"}
 T = TypeVar("T")
 _TRUE = {"1", "true", "yes", "on"}
@@ -110,7 +110,6 @@ class Settings:
     fleet_max_instances: int | None  # the deploy's --max-instances, when told (cloudbuild.yaml)
     project: str | None  # the Google Cloud project, for trace links in log lines
     url: DatabaseUrl | None = None  # set when DATABASE_URL is used (password hidden by repr)
-    schema: str | None = None  # the served table's schema (DATABASE_URL's `schema`)
     cloud_sql: CloudSql | None = None
     alloydb: AlloyDb | None = None
     request_timeout: float = 60.0  # REQUEST_TIMEOUT: past it, a running statement is cancelled
@@ -199,7 +198,8 @@ def _with_url(url: DatabaseUrl, env: Mapping[str, str], common: dict[str, Any]) 
                 "DB_TRANSACTION_POOLER", f"is false, but DATABASE_URL names {url.pooler}"
             )
         common["transaction_pooler"] = True
-    return Settings(url=url, schema=url.schema, **common)
+    common["resource"] = replace(common["resource"], schema=url.schema)
+    return Settings(url=url, **common)
 
 
 def _connector(env: Mapping[str, str], kind: _Connector) -> dict[str, Any]:
@@ -307,7 +307,7 @@ def _columns(setting: str, raw: str, default: tuple[str, ...]) -> tuple[str, ...
         return default
     names = tuple(part.strip() for part in raw.split(","))
     for name in names:
-        if not _IDENTIFIER.match(name):
+        if not PLAIN_IDENTIFIER.fullmatch(name):
             raise ConfigError(setting, f"'{name}' is not a plain lower-case column name")
     if len(set(names)) != len(names):
         raise ConfigError(setting, "lists a column twice")
@@ -331,7 +331,7 @@ def _origins(raw: str) -> tuple[str, ...]:
         if not _ORIGIN.fullmatch(origin):
             raise ConfigError(
                 "CORS_ALLOWED_ORIGINS",
-                f"{origin[:80]!r} is not an origin: give scheme://host[:port] (no path, no "
+                f"{bounded(origin)} is not an origin: give scheme://host[:port] (no path, no "
                 "wildcard inside a host), a comma-separated list of them, or * alone",
             )
     return origins

@@ -1,8 +1,10 @@
 """The function's own exceptions: what every other module raises and reads.
 
 The driver's exceptions stop at lib/postgres/driver.py, which translates them into these; the
-rest of lib/ never sees pg8000's. `failures.classify` turns each into a status.
+rest of lib/ never sees pg8000's. `diagnosis.classify` says what each means, and
+lib/http/statuses.py which status that gets.
 
+    BadRequest           the request is invalid (says which part and why): a 400
     ConfigError          a setting is missing or invalid (names the variable): a 500
     ConnectError         opening a connection failed; its __cause__ says why
       ConnectMisconfigured   ... and retrying cannot help until the configuration is fixed
@@ -16,6 +18,22 @@ rest of lib/ never sees pg8000's. `failures.classify` turns each into a status.
 """
 
 from __future__ import annotations
+
+ECHO_MOST = 40  # characters of client or configuration input an error message may quote
+
+
+def excerpt(text: str, most: int = ECHO_MOST) -> str:
+    """Input echoed in an error message, bounded: it can be sent or pasted in any length."""
+    return text if len(text) <= most else text[:most] + "..."
+
+
+def bounded(text: str) -> str:
+    """A quoted excerpt of input for an error message."""
+    return repr(excerpt(text))
+
+
+class BadRequest(ValueError):
+    """The request is invalid; the message says which part and why."""
 
 
 class ConfigError(ValueError):

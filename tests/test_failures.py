@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from lib.errors import (
+    Cancelled,
     ConfigError,
     ConnectError,
     ConnectionLost,
@@ -20,6 +21,7 @@ from lib.errors import (
     PoolBusy,
     ServerError,
 )
+from lib.http.statuses import STATUS
 from lib.postgres.diagnosis import classify, describe
 
 
@@ -87,7 +89,7 @@ TABLE = [
 @pytest.mark.parametrize(("failure", "status", "code", "fragment"), TABLE, ids=repr)
 def test_the_table(failure, status, code, fragment):
     result = classify(failure)
-    assert (result.status, result.code) == (status, code)
+    assert (STATUS[result.code], result.code) == (status, code)
     assert result.retryable == (status == 503)
     if fragment:
         assert fragment in result.message
@@ -104,3 +106,10 @@ def test_describe_names_types_and_sqlstates_never_the_statement():
     text = describe(error)
     assert "ServerError 42P01" in text
     assert "hunter2" not in text
+
+
+def test_every_code_classify_can_return_has_a_status():
+    """The edge's table (lib/http/statuses.py) knows every code the meaning's table gives."""
+    codes = {classify(failure).code for failure, *_ in TABLE}
+    codes |= {classify(Cancelled("deadline")).code, classify(Cancelled("client_left")).code}
+    assert codes <= set(STATUS), codes - set(STATUS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from lib.errors import ConnectionLost, ServerError
+from lib.http.statuses import STATUS
 from lib.postgres.diagnosis import classify, may_pass
 
 # (source, SQLSTATE, message); a misconfiguration also names a fragment of its fix.
@@ -116,7 +117,11 @@ def lost_under_a_statement(code: str, message: str) -> ConnectionLost:
 def test_a_pooler_full_slow_or_waking_is_a_503_that_may_pass(source, code, message, when):
     build = server_error if when == "at connect" else lost_under_a_statement
     failure = classify(build(code, message))
-    assert (failure.status, failure.code, failure.retryable) == (503, "database_unavailable", True)
+    assert (STATUS[failure.code], failure.code, failure.retryable) == (
+        503,
+        "database_unavailable",
+        True,
+    )
     assert "may pass" in failure.message
     assert message not in failure.message  # the client is told what it means, not the text
 
@@ -124,7 +129,11 @@ def test_a_pooler_full_slow_or_waking_is_a_503_that_may_pass(source, code, messa
 @pytest.mark.parametrize(("source", "code", "message", "fix"), MISCONFIGURED)
 def test_a_pooler_misconfiguration_is_a_500_naming_the_fix(source, code, message, fix):
     failure = classify(server_error(code, message))
-    assert (failure.status, failure.code, failure.retryable) == (500, "configuration_error", False)
+    assert (STATUS[failure.code], failure.code, failure.retryable) == (
+        500,
+        "configuration_error",
+        False,
+    )
     advice = failure.message.split(" (SQLSTATE ")[0]  # then the server's own message, quoted
     assert fix in advice, failure.message
 
@@ -141,7 +150,7 @@ def test_a_misconfiguration_is_never_tried_again(source, code, message, fix):
 
 def test_what_else_is_tried_again():
     starting = server_error("57P03", "the database system is starting up")
-    assert classify(starting).status == 503 and may_pass(starting)
+    assert STATUS[classify(starting).code] == 503 and may_pass(starting)
     assert may_pass(server_error("57P03", "the database system is not accepting connections"))
     assert may_pass(ConnectionRefusedError(111, "Connection refused"))
     assert may_pass(FileNotFoundError(2, "No such file or directory"))  # no Unix socket yet

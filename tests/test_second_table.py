@@ -2,8 +2,8 @@
 
 In the tests only: the function serves `users` at `/`. Here the real app (main.py, its
 handler, its pool) serves a `teams` table once its Settings hold a `teams` Resource, and
-the functions the handler calls (open_listing, responses.listing_json) serve both tables
-from one pool.
+the core the handler calls (CachedListings.respond, values in and an outcome out) serves
+both tables from one pool.
 """
 
 from __future__ import annotations
@@ -11,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import threading
 
 import flask
 import pytest
 
 from lib import config
-from lib.http import render as responses
 from lib.listing import pages as listing
-from lib.listing.pages import Listing, open_listing
+from lib.listing.cached import CachedListings
+from lib.listing.compression import Gzip
+from lib.listing.outcome import Listed, NotModified
 from lib.listing.paging import PageRequest, decode_cursor
+from lib.listing.query import Query, Shape
 from lib.postgres.database import Database
+from lib.postgres.watch import Watch
 from lib.resource import Resource
 from tests.conftest import function_connections, insert_users
 
@@ -79,17 +81,11 @@ def test_another_table_pages_with_limit_and_cursor(teams, serve_teams):
     assert pages == [[1, 2, 3], [5, 6, 7], [8, 9]]
 
 
-def test_another_table_streams_on_its_own_prefetch_thread(teams, serve_teams, monkeypatch):
+def test_another_table_of_several_pages_is_read_on_one_connection(teams, serve_teams, monkeypatch):
     monkeypatch.setattr(listing, "PAGE_ROWS", 2)  # four pages of two
     client, main = serve_teams(DB_POOL_SIZE="1")
-    response = client.get("/", buffered=False)
-    assert response.is_streamed
-    chunks = iter(response.response)
-    first = next(chunks)  # the first page goes out: the next one is fetched ahead
-    assert any(t.name.startswith("teams-prefetch") for t in threading.enumerate())
-    assert [team["id"] for team in json.loads(first + b"".join(chunks))["teams"]] == IDS
-    response.close()
-    assert not any(t.name.startswith("teams-prefetch") for t in threading.enumerate())
+    response = client.get("/")
+    assert [team["id"] for team in response.get_json()["teams"]] == IDS
     assert main.DB.pool_state()["in_use"] == 0
 
 
@@ -102,26 +98,30 @@ def test_a_missing_column_names_the_tables_own_setting(teams, serve_teams):
     assert "TEAMS_COLUMNS" in error["message"] and "'motto'" in error["message"]
 
 
-def test_both_tables_from_one_pool_through_the_same_functions(teams, make_app):
+def test_both_tables_from_one_pool_through_the_core_without_flask(teams, make_app):
+    """The core takes values and returns an outcome: no request context, no flask."""
     insert_users(teams, [("ada@example.com", "Ada", "2024-01-01T00:00:00Z")])
     client = make_app(DB_POOL_SIZE="1").test_client()
     main = sys.modules["main"]
     assert client.get("/").get_json()["users"][0]["email"] == "ada@example.com"
-    with flask.Flask(__name__).test_request_context("/?limit=2"):
-        page = PageRequest.from_args(flask.request.args)
-        opened = open_listing(main.DB, TEAMS, main.SETTINGS.schema, page)
-        response = responses.listing_json(flask.request, opened, page)
-    body = json.loads(response.get_data())
-    assert [team["id"] for team in body["teams"]] == [1, 2] and body["next"]
+    shape = Shape(TEAMS, PageRequest(limit=2), Gzip.NO, "https://api.example", "/teams", None)
+    outcome = main.LISTINGS.respond(main.DB, Query(shape), Watch())
+    assert isinstance(outcome, Listed) and not outcome.gzip
+    body = json.loads(outcome.body.read())
+    assert [team["id"] for team in body["teams"]] == [1, 2]
+    assert body["next"] == outcome.next == "https://api.example/teams?limit=2&cursor=aWQ6Mg"
+    again = main.LISTINGS.respond(main.DB, Query(shape, frozenset({outcome.etag[1:-1]})), Watch())
+    assert again == NotModified(outcome.etag)
     assert main.SETTINGS.resource.name == "users"  # the product still serves users
     assert function_connections(teams) == 1  # the one pooled connection, for both tables
 
 
-def test_making_a_listing_does_no_io(postgres):
-    db = Database(config.load({"DATABASE_URL": postgres.admin_url}))
+def test_making_the_core_does_no_io(postgres):
+    settings = config.load({"DATABASE_URL": postgres.admin_url})
+    db = Database(settings)
     try:
-        made = Listing(db, TEAMS, None)
-        made.close()
+        CachedListings(settings)
+        Query(Shape(TEAMS, PageRequest(), Gzip.IF_WORTH, "http://h", "/", None))
         assert db.pool_state() == {"started": False, "size": 5}  # no engine, no connection
     finally:
         db.close()

@@ -1,5 +1,5 @@
-"""What a client that reads slowly, stalls or leaves costs: a worker thread and at most two
-pages of memory, never a database connection between pages."""
+"""What a client that reads slowly, stalls or leaves costs: a worker thread and its spooled
+body, never a database connection while it reads."""
 
 from __future__ import annotations
 
@@ -18,15 +18,7 @@ from tests.conftest import insert_users
 ROWS = [(f"u{i}@example.com", f"User {i}", "2024-01-01T00:00:00Z") for i in range(9)]
 
 
-def in_use_settles(db, seconds: float = 2) -> int:
-    """The pool's checked-out count once the helper thread's page is rendered."""
-    deadline = time.monotonic() + seconds
-    while (in_use := db.pool_state()["in_use"]) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return in_use
-
-
-def test_a_stalled_reader_holds_no_connection_between_pages(admin, make_app, monkeypatch):
+def test_a_stalled_reader_holds_no_connection(admin, make_app, monkeypatch):
     monkeypatch.setattr(listing, "PAGE_ROWS", 2)  # five pages of two
     insert_users(admin, ROWS)
     app = make_app(DB_POOL_SIZE="1", DB_POOL_TIMEOUT="0.5")
@@ -35,7 +27,7 @@ def test_a_stalled_reader_holds_no_connection_between_pages(admin, make_app, mon
     stalled = client.get("/", buffered=False)
     chunks = iter(stalled.response)
     first = next(chunks)  # the client read one page, then stops reading
-    assert in_use_settles(main.DB) == 0
+    assert main.DB.pool_state()["in_use"] == 0  # the whole listing is spooled
     # With a pool of one, the stalled reader would make this a 503 if it held the connection.
     paged = client.get("/?limit=3")
     assert paged.status_code == 200 and len(paged.get_json()["users"]) == 3
@@ -83,20 +75,23 @@ def pool_in_use(base: str) -> int:
 
 @pytest.fixture
 def streamed(admin):
-    seed.seed_users(admin, 6000, progress=False)  # two pages of 5,000 (lib/listing.PAGE_ROWS)
+    seed.seed_users(admin, 6000, progress=False)  # two pages of 5,000 (pages.PAGE_ROWS)
 
 
 @pytest.mark.slow
 def test_five_slow_readers_leave_the_pool_to_paging_clients(streamed, serve):
     served = serve()
     readers = [SlowReader(served.port, rate=4096, seconds=4) for _ in range(5)]
-    time.sleep(0.5)  # each has its first page and is reading it, its next one fetched ahead
+    deadline = time.monotonic() + 5  # until each has its listing's first bytes: it reads
+    while not all(reader.got for reader in readers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(reader.got for reader in readers)
     samples = []
     deadline = time.monotonic() + 1
     while time.monotonic() < deadline:
         samples.append(pool_in_use(served.base))
         time.sleep(0.02)
-    assert set(samples) == {0}  # between pages, the readers hold no connection
+    assert set(samples) == {0}  # while they read, the readers hold no connection
     answers: list[tuple[int, float]] = []
 
     def page_through() -> None:
@@ -127,8 +122,13 @@ def test_a_client_that_reads_nothing_is_cut_as_its_own_fault(admin, serve):
     served = serve(CLIENT_IDLE_TIMEOUT="1")
     idle = SlowReader(served.port, rate=0, seconds=0)
     time.sleep(2)
-    body = idle.rest()
-    assert not body.endswith(b"0\r\n\r\n")  # no last chunk: visibly incomplete
+    head, _, body = idle.rest().partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.startswith(b"Content-Length")
+    )
+    assert len(body) < length  # short of its Content-Length: visibly incomplete
     entry = next(
         json.loads(line) for line in served.output().splitlines() if '"httpRequest"' in line
     )
@@ -137,22 +137,12 @@ def test_a_client_that_reads_nothing_is_cut_as_its_own_fault(admin, serve):
     assert pool_in_use(served.base) == 0
 
 
-def test_a_head_of_the_full_listing_fetches_one_page_only(admin, make_app, monkeypatch):
-    """A HEAD sends no body: it fetches the first page (for the status) and nothing ahead."""
+def test_a_head_reads_the_listing_as_a_get_does_and_sends_no_body(admin, make_app, monkeypatch):
+    """A HEAD answers with the headers a GET would: the same length and the same ETag."""
     monkeypatch.setattr(listing, "PAGE_ROWS", 2)
     insert_users(admin, ROWS)
-    fetched = []
-    page = listing.Listing.page
-    monkeypatch.setattr(
-        listing.Listing,
-        "page",
-        lambda self, after, limit, *token: (
-            fetched.append(after) or page(self, after, limit, *token)
-        ),
-    )
-    client = make_app().test_client()
-    response = client.head("/")
-    assert response.status_code == 200 and response.data == b""
-    response.close()
-    assert fetched == [0]
-    assert client.get("/").get_json()["users"][-1]["id"] == 9 and fetched[1:] == [0, 2, 4, 6, 8]
+    client = make_app(RESPONSE_CACHE="off").test_client()
+    head, get = client.head("/"), client.get("/")
+    assert head.status_code == 200 and head.data == b""
+    assert head.headers["ETag"] == get.headers["ETag"]
+    assert head.headers["Content-Length"] == get.headers["Content-Length"] == str(len(get.data))

@@ -1,9 +1,10 @@
-"""The statements are pure text from (resource, schema, after, limit): checked without a
+"""The statements are pure text from (resource, after, limit, budget): checked without a
 database. The served table is a value (lib/resource.py): every name derives from it."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 
 import pytest
 
@@ -34,28 +35,26 @@ TENANT_PAGE = (  # DATABASE_URL's schema; `id` selected for the keyset but not s
 
 
 def test_the_users_page_statement_is_the_one_the_function_sends():
-    assert page_sql(USERS, None, 0, 5000) == USERS_PAGE
-    tenant = Resource("users", "users", ("name", "email"))
-    assert page_sql(tenant, "tenant_a", 15_000, 100) == TENANT_PAGE
+    assert page_sql(USERS, 0, 5000) == USERS_PAGE
+    tenant = Resource("users", "users", ("name", "email"), schema="tenant_a")
+    assert page_sql(tenant, 15_000, 100) == TENANT_PAGE
 
 
 def test_another_table_is_the_same_statement_on_its_own_names():
     same_columns = Resource("users", "users", TEAMS.columns)
-    assert page_sql(TEAMS, None, 3, 2) == page_sql(same_columns, None, 3, 2).replace(
-        "users", "teams"
-    )
-    keyed = Resource("events", "event_log", ("kind",), key="seq")
-    sql = page_sql(keyed, "audit", 9, 10)
+    assert page_sql(TEAMS, 3, 2) == page_sql(same_columns, 3, 2).replace("users", "teams")
+    keyed = Resource("events", "event_log", ("kind",), key="seq", schema="audit")
+    sql = page_sql(keyed, 9, 10)
     assert 'FROM "audit"."event_log" WHERE seq > 9 ORDER BY seq LIMIT 10' in sql
     assert 'SELECT "seq", "kind" FROM' in sql and 'LATERAL (SELECT page."kind") AS r' in sql
 
 
 def test_the_columns_statement_reads_the_catalog_of_the_table_as_written():
-    assert columns_sql(USERS, None) == (
+    assert columns_sql(USERS) == (
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('users') "
         "AND attnum > 0 AND NOT attisdropped"
     )
-    assert 'to_regclass(\'"tenant_a"."teams"\')' in columns_sql(TEAMS, "tenant_a")
+    assert 'to_regclass(\'"tenant_a"."teams"\')' in columns_sql(replace(TEAMS, schema="tenant_a"))
 
 
 class Color(enum.IntEnum):
@@ -91,33 +90,35 @@ def test_literal_refuses_anything_else(value):
 @pytest.mark.parametrize("after", ["0; DROP TABLE users", 1.0, True, None])
 def test_a_page_takes_only_ints(after):
     with pytest.raises(TypeError):
-        page_sql(USERS, None, after, 10)
+        page_sql(USERS, after, 10)
     with pytest.raises(TypeError):
-        page_sql(USERS, None, 0, after)
+        page_sql(USERS, 0, after)
+    if after is not None:  # None: no budget
+        with pytest.raises(TypeError):
+            page_sql(USERS, 0, 10, budget=after)
 
 
 def test_the_columns_check_names_the_resources_setting():
-    check_columns(USERS, None, {"id", "email", "name", "created_at", "password_hash"})
+    check_columns(USERS, {"id", "email", "name", "created_at", "password_hash"})
     with pytest.raises(ConfigError) as missing_table:
-        check_columns(USERS, None, set())
+        check_columns(USERS, set())
     assert str(missing_table.value) == (
         "USERS_COLUMNS: table 'users' does not exist or has no columns"
     )
     assert missing_table.value.variable == "USERS_COLUMNS"
     with pytest.raises(ConfigError, match=r"^USERS_COLUMNS: column 'name' does not exist in"):
-        check_columns(USERS, None, {"id", "email", "created_at"})
+        check_columns(USERS, {"id", "email", "created_at"})
     with pytest.raises(ConfigError) as no_key:  # the key is needed even when not served
-        check_columns(Resource("users", "users", ("email",)), "tenant_a", {"email"})
+        check_columns(Resource("users", "users", ("email",), schema="tenant_a"), {"email"})
     assert str(no_key.value) == (
         "USERS_COLUMNS: column 'id' does not exist in table '\"tenant_a\".\"users\"'"
     )
     with pytest.raises(ConfigError, match=r"^TEAMS_COLUMNS: column 'name' does not exist in"):
-        check_columns(TEAMS, None, {"id"})
+        check_columns(TEAMS, {"id"})
 
 
 def test_every_name_derives_from_the_resource():
-    assert (USERS.columns_setting, USERS.prefetch_thread) == ("USERS_COLUMNS", "users-prefetch")
-    assert (TEAMS.columns_setting, TEAMS.prefetch_thread) == ("TEAMS_COLUMNS", "teams-prefetch")
+    assert (USERS.columns_setting, TEAMS.columns_setting) == ("USERS_COLUMNS", "TEAMS_COLUMNS")
 
 
 @pytest.mark.parametrize(
@@ -130,6 +131,7 @@ def test_every_name_derives_from_the_resource():
         {"columns": ("id", "e-mail")},
         {"columns": ()},
         {"columns": ("id", "id")},
+        {"schema": "Tenant"},
     ],
 )
 def test_a_resource_holds_only_plain_names(fields):
@@ -141,9 +143,8 @@ def test_settings_build_the_one_served_resource():
     url = "postgresql://u:p@h/db?sslmode=disable"
     settings = config.load({"DATABASE_URL": url})
     assert settings.resource == Resource("users", "users", config.DEFAULT_COLUMNS, "id")
-    assert settings.columns == config.DEFAULT_COLUMNS and settings.schema is None
+    assert settings.columns == config.DEFAULT_COLUMNS and settings.resource.schema is None
     chosen = config.load({"DATABASE_URL": url + "&schema=tenant_a", "USERS_COLUMNS": "name,id"})
-    assert chosen.resource == Resource("users", "users", ("name", "id"), "id")
-    assert chosen.schema == "tenant_a"
+    assert chosen.resource == Resource("users", "users", ("name", "id"), "id", "tenant_a")
     with pytest.raises(ConfigError, match=r"^USERS_COLUMNS: lists a column twice$"):
         config.load({"DATABASE_URL": url, "USERS_COLUMNS": "id,id"})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import jsonschema
 import yaml
 
@@ -11,14 +9,7 @@ from devtools import seed
 from lib.http import telemetry
 from lib.listing import pages as listing
 from tests.conftest import ROOT, free_port, function_connections
-
-
-def log_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def request_lines(text: str) -> list[dict]:
-    return [line for line in log_lines(text) if "httpRequest" in line]
+from tests.logs import log_lines, request_lines
 
 
 def test_one_structured_line_per_request_with_trace_and_pool_state(
@@ -45,8 +36,9 @@ def test_one_structured_line_per_request_with_trace_and_pool_state(
         == "projects/my-proj/traces/0af7651916cd43dd8448eb211c80319c"
     )
     assert line["logging.googleapis.com/spanId"] == f"{123:016x}"
-    # A first request: nothing in the cache, so no probe, the render alone.
-    assert (line["rows"], line["queries"], line["bytes"]) == (5, 1, len(response.data))
+    # A first request: nothing in the cache, so no probe: the columns' check and the render.
+    assert (line["rows"], line["queries"], line["bytes"]) == (5, 2, len(response.data))
+    assert line["pages"] == 1
     assert line["cache"] == "miss"
     assert (
         line["pool"]["in_use"] == 0 and line["pool"]["idle"] == 1 and line["pool"]["waiting"] == 0
@@ -60,16 +52,28 @@ def test_one_structured_line_per_request_with_trace_and_pool_state(
     assert (line["queries"], line["cache"]) == (1, "hit")
 
 
-def test_streamed_response_is_logged_once_complete(admin, make_app, capsys, monkeypatch):
+def test_a_listing_of_pages_logs_each_statement(admin, make_app, capsys, monkeypatch):
     monkeypatch.setattr(listing, "PAGE_ROWS", 4)
     seed.seed_users(admin, 10, progress=False)
     client = make_app().test_client()
     capsys.readouterr()
+    body = client.get("/").data
+    [line] = request_lines(capsys.readouterr().out)
+    # The columns' check, page 1, then BEGIN, its snapshot, pages 2 and 3, COMMIT.
+    assert (line["rows"], line["pages"], line["queries"]) == (10, 3, 7)
+    assert line["bytes"] == len(body) and "ended" not in line
+
+
+def test_a_large_body_is_logged_once_sent(admin, make_app, capsys):
+    seed.seed_users(admin, 1500, progress=False)  # ~150 KB: sent in 64 KiB slices
+    client = make_app().test_client()
+    capsys.readouterr()
     response = client.get("/")
+    assert response.is_streamed and not request_lines(capsys.readouterr().out)
     body = response.data
     response.close()  # what the WSGI server does after the last byte
     [line] = request_lines(capsys.readouterr().out)
-    assert (line["rows"], line["queries"], line["bytes"]) == (10, 3, len(body))
+    assert (line["rows"], line["bytes"]) == (1500, len(body))
 
 
 def test_failures_are_logged_as_warnings_without_secrets(admin, make_app, capsys):

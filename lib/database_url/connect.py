@@ -15,7 +15,8 @@ import struct
 import time
 from typing import Any
 
-from lib.database_url.uri import DatabaseUrl, Host, Keepalives, wire
+from lib.database_url.lexer import wire
+from lib.database_url.uri import DatabaseUrl, Host, Keepalives
 from lib.errors import ConnectMayPass, ConnectMisconfigured
 from lib.postgres import driver
 from lib.postgres.diagnosis import describe, may_pass, misconfiguration, sqlstate

@@ -9,7 +9,6 @@ the pool's state. No line ever holds a DSN, a password or a query parameter's va
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import json
 import logging
@@ -17,48 +16,18 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import flask
+
+from lib import stats as request_stats
+from lib.stats import Stats
 
 # Trace headers come from the client as much as from Google's front end: anything that is
 # not exactly one of these shapes is ignored (the request is logged without a trace).
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 _CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=[0-9]+)?")
 _MAX_SPAN_ID = 2**64 - 1
-
-
-@dataclass
-class Stats:
-    """What one request did; filled in by the engine and the query as it runs."""
-
-    started: float = field(default_factory=time.perf_counter)
-    pool_wait_ms: float = 0.0
-    query_ms: float = 0.0
-    queries: int = 0
-    rows: int = 0
-    bytes: int = 0
-    retried: bool = False
-    cut: str | None = None  # why a streamed response ended before its last byte
-    client_left: bool = False  # ... and it was the client's doing, not ours
-    cache: str | None = None  # the response cache: hit, miss, skip (no probe) or off
-    cancelled: str | None = None  # why a running statement was cancelled (lib/postgres/watch.py)
-
-    @property
-    def truncated(self) -> bool:
-        return self.cut is not None
-
-
-_current: contextvars.ContextVar[Stats] = contextvars.ContextVar("request_stats")
-
-
-def current() -> Stats:
-    """This request's Stats (a throwaway one outside a request, e.g. in a script)."""
-    try:
-        return _current.get()
-    except LookupError:
-        return Stats()
 
 
 def trace_fields(headers: Any, project: str | None) -> dict[str, str]:
@@ -94,12 +63,11 @@ def logged(pool_state: Callable[[], dict[str, Any]], project: str | None) -> Cal
     def decorate(handler: Callable[[flask.Request], flask.Response]) -> Callable:
         @functools.wraps(handler)
         def wrapper(request: flask.Request) -> flask.Response:
-            stats = Stats()
-            token = _current.set(stats)
+            stats, token = request_stats.begin()
             try:
                 response = handler(request)
             finally:
-                _current.reset(token)
+                request_stats.end(token)
             response.headers["Server-Timing"] = server_timing(stats)
             if response.is_streamed:
                 response.call_on_close(
@@ -115,10 +83,10 @@ def logged(pool_state: Callable[[], dict[str, Any]], project: str | None) -> Cal
     return decorate
 
 
-def severity(status: int, stats: Stats) -> str:
-    """A stream we cut is an ERROR whatever its status line said: the client got part of it.
-    One the client left (`curl | head`) is the client's business."""
-    if (stats.truncated and not stats.client_left) or (status >= 500 and status != 503):
+def severity(status: int) -> str:
+    """A body the client left unread (`curl | head`) is the client's business: only the
+    status decides."""
+    if status >= 500 and status != 503:
         return "ERROR"
     return "WARNING" if status >= 400 else "INFO"
 
@@ -134,7 +102,7 @@ def emit(
     status = response.status_code
     message = f"{request.method} {request.path[:100]} {status} {latency * 1000:.1f} ms"
     entry = {
-        "severity": severity(status, stats),
+        "severity": severity(status),
         "message": message + (f", truncated after {stats.bytes} bytes" if stats.cut else ""),
         "httpRequest": {
             "requestMethod": request.method,
@@ -151,11 +119,13 @@ def emit(
         "pool_wait_ms": round(stats.pool_wait_ms, 3),
         "query_ms": round(stats.query_ms, 3),
         "queries": stats.queries,
+        "pages": stats.pages,
         "rows": stats.rows,
         "bytes": stats.bytes,
         "retried": stats.retried,
         **({"cache": stats.cache} if stats.cache else {}),
         **({"cancelled": stats.cancelled} if stats.cancelled else {}),
+        **({"ended": stats.ended} if stats.ended else {}),
         "pool": pool,
         **({"truncated": True, "cause": stats.cut} if stats.cut else {}),
         **trace_fields(request.headers, project),

@@ -1,6 +1,6 @@
 """Rendered responses kept in memory, bounded in bytes, and whether probing still pays.
 
-An entry is one response's body (raw, and gzip once a client asked for it) with the
+An entry is one response's body, in the encoding its request shape takes, with the
 validator token it was rendered at; its key is (the server, the request's shape)
 (lib/listing/cached.py). A request whose shape no entry holds skips the probe: it could only
 miss. Nothing here does I/O or decides freshness: the caller serves an
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 # Below this share of hits over the recent window, probing costs more than it saves: a miss
@@ -28,18 +28,18 @@ MIN_SEEN = 16  # lookups before the rate is trusted enough to stop probing
 ENTRY_OVERHEAD = 400  # bytes of Python objects around each entry's bodies (key, token, node)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
     """One rendered response and the token it was read at."""
 
     token: str
-    raw: bytes
-    gzip: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # besides ETag and encoding (Link)
+    body: bytes
+    gzip: bool = False  # the body is gzip-encoded
+    next: str | None = None  # the next page's URL (Link)
 
     @property
     def size(self) -> int:
-        return len(self.raw) + len(self.gzip or b"") + ENTRY_OVERHEAD
+        return len(self.body) + ENTRY_OVERHEAD
 
 
 class ResponseCache:
@@ -87,20 +87,6 @@ class ResponseCache:
             self._bytes += entry.size
             self._shapes[key[1]] += 1
             self._evict()
-
-    def add_gzip(
-        self, key: tuple[Hashable, Hashable], entry: Entry, gzip: Callable[[bytes], bytes]
-    ) -> bytes:
-        """The entry's gzip body, compressed once and kept with it."""
-        body = entry.gzip
-        if body is None:
-            body = gzip(entry.raw)
-            with self._lock:
-                if entry.gzip is None and self._entries.get(key) is entry:
-                    entry.gzip = body
-                    self._bytes += len(body)
-                    self._evict()
-        return body
 
     def should_probe(self) -> bool:
         """False while recent lookups mostly missed: render at once instead."""

@@ -45,29 +45,29 @@ class Identity:
     started: str
 
 
-def version_table(resource: Resource, schema: str | None) -> str:
+def version_table(resource: Resource) -> str:
     """The opt-in trigger's version table, next to the served table (sql/cache_version.sql)."""
     name = f"{resource.table}_version"
-    return f"{statements.literal(schema)}.{name}" if schema else name
+    return f"{statements.literal(resource.schema)}.{name}" if resource.schema else name
 
 
-def trigger_token_sql(resource: Resource, schema: str | None) -> str:
+def trigger_token_sql(resource: Resource) -> str:
     """The trigger validator's token: NULL (never equal, so never served from the cache)
     unless the version row exists and the trigger is enabled. The catalog rows' xmin change
     with any ALTER TABLE or trigger change, which the version row would not see."""
-    table = statements.table_name(resource, schema)
+    table = statements.table_name(resource)
     return (
         f"(SELECT 'v' || v.version || ':' || c.xmin || ':' || t.xmin "  # noqa: S608 - names from Resource
-        f"FROM {version_table(resource, schema)} v, pg_class c, pg_trigger t "
+        f"FROM {version_table(resource)} v, pg_class c, pg_trigger t "
         f"WHERE c.oid = '{table}'::regclass AND t.tgrelid = c.oid "
         f"AND t.tgname = '{resource.table}_version_bump' AND t.tgenabled IN ('O', 'A'))"
     )
 
 
-def find_sql(resource: Resource, schema: str | None) -> str:
+def find_sql(resource: Resource) -> str:
     """One round trip: (may the role run the validator's functions, is the opt-in migration
     installed and readable)."""
-    table = version_table(resource, schema)
+    table = version_table(resource)
     return (
         "SELECT has_function_privilege('pg_control_system()', 'EXECUTE') "
         "AND has_function_privilege('pg_current_snapshot()', 'EXECUTE') "

@@ -1,16 +1,15 @@
-"""Every failure, from either connection path, classified once: what status it gets and why.
+"""Every failure, from any connection path, classified once: what it means, and who can act.
 
-Clients of a serverless function retry a 503 and give up on a 500, so the class decides who
-acts: what may pass by itself (the server restarting, a network cut, the pool full) is a 503
-with Retry-After; what retrying cannot fix (a wrong password, a missing database, table or
-grant, TLS or channel binding the server cannot meet, a host name that never resolved) is a
-500 `configuration_error` that says what to fix, so nobody retries a deployment mistake
-forever. A pooler's or proxy's own errors are read by their message
-(lib/postgres/pooler_messages.py).
+What may pass by itself (the server restarting, a network cut, the pool full) is retryable;
+what retrying cannot fix (a wrong password, a missing database, table or grant, TLS or
+channel binding the server cannot meet, a host name that never resolved) is a
+`configuration_error` that says what to fix, so nobody retries a deployment mistake
+forever. Which HTTP status each code gets is the edge's business (lib/http/statuses.py). A
+pooler's or proxy's own errors are read by their message (lib/postgres/pooler_messages.py).
 
-Only our own exceptions (lib/errors.py) are read here: `causes` has lib/postgres/driver.py translate
-the driver's. `responses` renders what `classify` returns; `connect_url.connect` retries what
-`may_pass`.
+Only our own exceptions (lib/errors.py) are read here: `causes` has lib/postgres/driver.py
+translate the driver's. The edge answers what `classify` returns; lib/database_url/connect.py
+retries what `may_pass`.
 """
 
 from __future__ import annotations
@@ -41,10 +40,9 @@ RETRY_AFTER_S = 1
 
 @dataclass(frozen=True)
 class Failure:
-    status: int
     code: str
-    message: str  # for the client: what happened and, for a 500, what to fix; no secrets
-    retryable: bool  # a 503: the client may retry after RETRY_AFTER_S
+    message: str  # for the client: what happened and, when misconfigured, what to fix
+    retryable: bool  # it may pass: the client may retry after RETRY_AFTER_S
     log_level: int = logging.WARNING
     traceback: bool = False  # only for a bug of ours
 
@@ -164,25 +162,22 @@ def may_pass(exc: BaseException) -> bool:
 
 
 def classify(exc: BaseException) -> Failure:
-    """The one table: exception -> status, code, message, retryable."""
+    """The one table: exception -> code, message, retryable."""
     if isinstance(exc, Cancelled):
         if exc.reason == "deadline":
-            return Failure(504, "deadline_exceeded", "The request ran past its deadline.", False)
-        # 499 (nginx's "client closed request"): only the log ever sees it.
-        return Failure(499, "client_closed_request", "The client went away.", False, logging.INFO)
+            return Failure("deadline_exceeded", "The request ran past its deadline.", False)
+        return Failure("client_closed_request", "The client went away.", False, logging.INFO)
     if isinstance(exc, sa_exc.TimeoutError | PoolBusy):
-        return Failure(
-            503, "pool_exhausted", "All database connections are busy; retry shortly.", True
-        )
+        return Failure("pool_exhausted", "All database connections are busy; retry shortly.", True)
     if (advice := misconfiguration(exc)) is not None:
-        return Failure(500, "configuration_error", advice, False, logging.ERROR)
+        return Failure("configuration_error", advice, False, logging.ERROR)
     chain = causes(exc)
     code = next((c.sqlstate for c in chain if isinstance(c, ServerError)), None)
     if code == QUERY_CANCELED:
-        return Failure(504, "statement_timeout", "The database query took too long.", False)
+        return Failure("statement_timeout", "The database query took too long.", False)
     if _pooler_busy(exc):
-        return Failure(503, "database_unavailable", _POOLER_BUSY_MESSAGE, True)
-    unavailable = Failure(503, "database_unavailable", _UNAVAILABLE_MESSAGE, True)
+        return Failure("database_unavailable", _POOLER_BUSY_MESSAGE, True)
+    unavailable = Failure("database_unavailable", _UNAVAILABLE_MESSAGE, True)
     if code is not None and code.startswith(_UNAVAILABLE):
         return unavailable
     if any(isinstance(c, ConnectError | ConnectionLost | Disconnected | OSError) for c in chain):
@@ -191,7 +186,7 @@ def classify(exc: BaseException) -> Failure:
         return unavailable
     # A database error we have no rule for is the database's; anything else is a bug of ours.
     is_db_error = any(isinstance(c, sa_exc.DBAPIError | DatabaseError) for c in chain)
-    return Failure(500, "internal", "Internal error.", False, logging.ERROR, not is_db_error)
+    return Failure("internal", "Internal error.", False, logging.ERROR, not is_db_error)
 
 
 def describe(exc: BaseException) -> str:

@@ -1,9 +1,10 @@
 """pg8000, the driver, behind one boundary: the only module of the function that imports it.
 
-What the function needs from a driver is small: a login on a socket that lib/database_url/connect.py
-opened (host choice and TLS are ours), with an authentication policy checked before any
-password is sent; a read timeout for the statements after it; running one statement; and its
-exceptions in our own terms (lib/errors.py), so that nothing else knows pg8000's error layout.
+What the function needs from a driver is small: a login on a socket that
+lib/database_url/connect.py opened (host choice and TLS are ours), with an authentication
+policy checked before any password is sent; a read timeout for the statements after it;
+running one statement; its exceptions in our own terms (lib/errors.py), so that nothing else
+knows pg8000's error layout; and what it cannot do, which a URL may ask for.
 Switching drivers means rewriting this module and the dialect name, nothing else.
 
 pg8000 has no public API for three of those, so this module reaches into its private parts:
@@ -27,6 +28,20 @@ from lib.errors import DatabaseError, Disconnected, ServerError
 
 NAME = "pg8000"  # how the Cloud SQL connector names it
 DIALECT = "postgresql+pg8000://"  # SQLAlchemy's dialect; our creator makes the connections
+# What pg8000 cannot do, which a DATABASE_URL may ask for (lib/database_url/uri.py refuses
+# those keywords, saying why): its limits live here, with the driver.
+PROTOCOL = "3.0"  # the only protocol version pg8000 speaks
+ENCODINGS = ("utf8", "unicode")  # the server's spellings of the one it speaks (case folded)
+CANNOT = {
+    **dict.fromkeys(("krbsrvname", "gsslib", "gssdelegation"), "pg8000 has no GSSAPI/Kerberos"),
+    **dict.fromkeys(
+        ("oauth_issuer", "oauth_client_id", "oauth_client_secret", "oauth_scope", "oauth_ca_file"),
+        "pg8000 has no OAuth authentication",
+    ),
+    **dict.fromkeys(
+        ("scram_client_key", "scram_server_key"), "pg8000's SCRAM logs in with the password only"
+    ),
+}
 
 # Called with the authentication method the server asks for ("none", "password", "md5",
 # "scram-sha-256", "scram-sha-256-plus"); raises to refuse it before any password is sent.
