@@ -201,6 +201,22 @@ def test_unreachable_database_is_a_503_within_the_connect_timeout(admin, make_ap
     assert response.get_json()["error"]["code"] == "database_unavailable"
 
 
+def test_a_refused_connection_names_its_target_in_the_log_and_healthz_only(make_app, capsys):
+    """Like a wrong password or an unknown host, a closed port says what to check, to the
+    operator (log, /healthz); the client's body says no more than before."""
+    port = free_port()
+    url = f"postgresql://u:p@127.0.0.1:{port}/db?sslmode=disable"
+    client = make_app(DATABASE_URL=url, DB_CONNECT_TIMEOUT="0.3").test_client()
+    response = client.get("/")
+    target = f"nothing listening on 127.0.0.1:{port}"
+    assert response.status_code == 503
+    assert response.get_json()["error"]["message"] == "The database is unavailable; retry shortly."
+    assert str(port) not in response.get_data(as_text=True)
+    [logged] = [line for line in capsys.readouterr().out.splitlines() if "Errno 111" in line]
+    assert target in json.loads(logged)["message"]
+    assert target in client.get("/healthz").get_json()["database"]["last_error"]["detail"]
+
+
 def test_statement_timeout_is_504_and_the_connection_stays_usable(admin, make_app):
     slow_users(admin, "(SELECT pg_sleep(CASE WHEN r.email = 'slow@example.com' THEN 2 ELSE 0 END))")
     cursor = admin.cursor()
