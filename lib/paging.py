@@ -40,7 +40,8 @@ class PageRequest:
         unknown = sorted(set(args) - {"limit", "cursor"})
         if unknown:
             raise BadRequest(
-                f"unknown query parameter {bounded(unknown[0])}; allowed: limit, cursor"
+                f"unknown query parameter {bounded(unknown[0])}; allowed: limit, cursor "
+                "(a misspelt limit must not send every row)"
             )
         for name in ("limit", "cursor"):
             if len(args.getlist(name)) > 1:

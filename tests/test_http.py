@@ -188,6 +188,15 @@ def test_bad_parameters_are_400_json(admin, make_app, query):
     assert cursor.fetchone()[0] == 3  # injection strings were inert
 
 
+def test_an_unknown_parameter_is_a_400_that_says_why(make_app):
+    """A misspelt `limit` ignored would send the whole table: the message says so."""
+    error = make_app().test_client().get("/?foo=bar").get_json()["error"]
+    assert error["message"] == (
+        "unknown query parameter 'foo'; allowed: limit, cursor "
+        "(a misspelt limit must not send every row)"
+    )
+
+
 def test_unreachable_database_is_a_503_within_the_connect_timeout(admin, make_app, caplog):
     """A refused connection may be a database still starting: retried within
     DB_CONNECT_TIMEOUT (tests/test_waking.py), then a 503 the client may retry."""
