@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 USERS  ?= 1000
 
-.PHONY: run test lint fmt bench plan clean FORCE
+.PHONY: help run test lint fmt bench plan clean FORCE
+
+## help: these targets, from their `## target:` lines (needs no virtualenv)
+help:
+	@sed -n 's/^## \([a-z]*\): /\1|/p' $(MAKEFILE_LIST) | sed 's/\$$\$$/$$/g' | awk -F'|' '{printf "  make %-6s %s\n", $$1, $$2}'
 
 # The interpreter .venv is built from, as "path version": another PYTHON rebuilds .venv.
 PYTHON_ID := $(shell $(PYTHON) -c 'import os, sys; print(os.path.realpath(sys.executable), sys.version.split()[0])' 2>/dev/null)
@@ -21,7 +25,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	echo "$(PYTHON_ID)" > $(VENV)/.python
 	touch $@
 
-## run: the function on 127.0.0.1:$${PORT:-8080}, on an embedded PostgreSQL seeded with $(USERS) users
+## run: the function on 127.0.0.1:$${PORT:-8080}, on an embedded PostgreSQL seeded with USERS (1000) users
 run: $(STAMP)
 	SEED_USERS=$(USERS) $(BIN)/python -m devtools.devdb run
 
@@ -47,9 +51,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## fmt: ruff's fixes and formatting, applied
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## clean: remove .venv, .devdb and the caches
 clean:
 	rm -rf $(VENV) .devdb .pytest_cache .ruff_cache

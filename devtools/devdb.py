@@ -11,7 +11,10 @@ at will. PostgreSQL refuses to run as root, so as root the server runs as `nobod
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
+import json
 import os
 import pwd
 import shutil
@@ -20,7 +23,12 @@ import socket
 import stat
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+import psutil
 
 from devtools import seed
 
@@ -244,15 +252,127 @@ def stop_function(function: subprocess.Popen) -> None:
         function.wait()
 
 
+# How long the function may take to import main.py and bind its port.
+LISTEN_SECONDS = 60
+
+
+class Refused(Exception):
+    """`make run` cannot start without disturbing something: the message says what."""
+
+
+def claim(datadir: Path) -> IO[str]:
+    """Hold the data directory for this run, or raise Refused naming the run that holds it.
+
+    A lock (flock), not a pid file: the kernel drops it when its holder dies, even by
+    SIGKILL, so a server such a run left behind is still restarted, while a live run's
+    database is never stopped or moved by a second `make run` in the same checkout."""
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(datadir.parent / f".{datadir.name}.run", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = json.loads(lock.read() or "{}")
+        lock.close()
+        raise Refused(
+            f"make run: already running in this checkout (pid {holder.get('pid', '?')}, "
+            f"serving {holder.get('serving', 'soon')}, data in {datadir.resolve()}); "
+            "nothing was changed. Stop it first (Ctrl-C), or serve its database on another "
+            f"port: DATABASE_URL='{holder.get('database', '')}' PORT=8081 make run"
+        ) from None
+    return lock
+
+
+def record(lock: IO[str], **holder: object) -> None:
+    """What a refused second run is told about this one."""
+    lock.seek(0)
+    lock.truncate()
+    lock.write(json.dumps({"pid": os.getpid(), **holder}))
+    lock.flush()
+
+
+def check_port(text: str) -> int:
+    """PORT as a number, refused when something already listens there: gunicorn would say
+    "Connection in use" five times over five seconds, then exit."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise Refused(f"make run: PORT={text} is not a TCP port")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(("127.0.0.1", int(text)))
+        except OSError:
+            raise Refused(
+                f"make run: 127.0.0.1:{text} is in use: stop what listens there, or choose "
+                f"another port (PORT={int(text) + 1} make run)"
+            ) from None
+    return int(text)
+
+
+def wait_listening(function: subprocess.Popen, port: int) -> bool:
+    """Until the function itself listens on `port` (True), or it exits or LISTEN_SECONDS pass
+    (False). Its own socket, not a connect: another server may hold the port meanwhile."""
+    deadline = time.monotonic() + LISTEN_SECONDS
+    while time.monotonic() < deadline and function.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(function.pid).net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                    return True
+        time.sleep(0.05)
+    return False
+
+
+@contextlib.contextmanager
+def own_terminal() -> Iterator[None]:
+    """Make this process's group the terminal's foreground group while it runs, so that a
+    Ctrl-C reaches this process alone: make, sent it too, would report the run as failed
+    (`*** [Makefile: run] Interrupt`). Ctrl-Z is ignored meanwhile: it would stop this
+    process while make, not stopped, keeps the shell waiting. Without a terminal, or in the
+    background, nothing changes."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        yield
+        return
+    try:
+        foreground = os.tcgetpgrp(tty)
+        if foreground != os.getpgrp() or os.getpgrp() == os.getpid():
+            yield  # in the background, or already leading a group of our own (no make)
+            return
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # tcsetpgrp from a new group
+        signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+        os.setpgid(0, 0)
+        os.tcsetpgrp(tty, os.getpgrp())
+        try:
+            yield
+        finally:
+            os.tcsetpgrp(tty, foreground)
+    finally:
+        os.close(tty)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Serve the function on 127.0.0.1:PORT; Ctrl-C stops the function and the database."""
+    """Serve the function on 127.0.0.1:PORT. A stop signal (Ctrl-C) stops the function and
+    the database and exits 0: stopping is how a local run ends, not a failure."""
+    try:
+        with own_terminal():
+            return _serve(args)
+    except Refused as refused:
+        print(refused, file=sys.stderr, flush=True)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
     stop = _StopOnce()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
     env = dict(os.environ)
-    server = function = None
+    server = function = lock = None
+    stopped = False
     try:
         if not env.get("DATABASE_URL"):
+            lock = claim(Path(args.datadir))
+        port = check_port(env.get("PORT", "8080"))
+        if lock is not None:
             server = EmbeddedPostgres(Path(args.datadir))
             server.start()
             admin_url = server.url()
@@ -260,16 +380,15 @@ def run(args: argparse.Namespace) -> int:
                 ["--url", admin_url, "--users", str(args.users), "--reader-password", "reader"]
             )
             env["DATABASE_URL"] = server.url(user=seed.READER_ROLE, password="reader")
+            record(lock, database=env["DATABASE_URL"])
             print(
                 f"embedded PostgreSQL {POSTGRES_MAJOR} on 127.0.0.1:{server.port} "
                 f"(data in {server.datadir}); admin: {admin_url}",
                 flush=True,
             )
-        port = env.get("PORT", "8080")
-        print(f"serving http://127.0.0.1:{port}/  (Ctrl-C stops)", flush=True)
         command = [
             functions_framework(),
-            *("--target", "users", "--host", "127.0.0.1", "--port", port),
+            *("--target", "users", "--host", "127.0.0.1", "--port", str(port)),
         ]
         # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process group)
         # reaches only this process, which then stops the function with SIGTERM (see above).
@@ -278,15 +397,35 @@ def run(args: argparse.Namespace) -> int:
             command, env=env, stdin=subprocess.DEVNULL, start_new_session=True
         )
         stop.check()
+        if not wait_listening(function, port):
+            print(
+                f"make run: the function is not serving on 127.0.0.1:{port} "
+                f"(exit status {function.poll()}; its messages are above)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return function.poll() or 1
+        serving = f"http://127.0.0.1:{port}/"
+        if lock is not None:
+            record(lock, database=env["DATABASE_URL"], serving=serving)
+        print(f"serving {serving}  (Ctrl-C stops)", flush=True)
         return function.wait()
-    except Stopped as stopped:
-        return 128 + stopped.args[0]
+    except Stopped:
+        stopped = True
+        return 0
     finally:
         stop.deferred = True  # from here on a signal must not cut the clean-up short
         if function is not None:
             stop_function(function)
         if server is not None:
             server.stop()
+        if lock is not None:
+            lock.close()
+        if stopped:
+            print(
+                "stopped: the function" + (" and the database" if server else "") + ". Bye.",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import select
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +36,14 @@ def datadir() -> Iterator[Path]:
         EmbeddedPostgres(directory / "data").stop()
 
 
-def start_local(datadir: Path, log: Path, database_url: str = "") -> processes.Launched:
+def start_local(
+    datadir: Path, log: Path, database_url: str = "", port: int = 0
+) -> processes.Launched:
     """`python -m devtools.devdb run` in a session of its own, as a terminal runs `make run`
     (a terminal's Ctrl-C is SIGINT to every process of the foreground process group); on
-    `database_url` when given, else on the embedded server in `datadir`."""
-    port = free_port()
+    `database_url` when given, else on the embedded server in `datadir`; on `port` or a
+    free one."""
+    port = port or free_port()
     command = [sys.executable, "-m", "devtools.devdb", "run", "--datadir", str(datadir)]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     if database_url:
@@ -84,6 +93,8 @@ def test_local_run_serves_seeded_users_and_stops_cleanly(datadir, tmp_path):
     assert "users table ready: 25 users" in local.output()
     assert not alive and seconds <= 2
     assert not (datadir / "postmaster.pid").exists()  # the database stopped too
+    assert local.process.returncode == 0  # stopping is how a local run ends
+    assert local.output().splitlines()[-1] == "stopped: the function and the database. Bye."
 
 
 @pytest.mark.slow
@@ -129,3 +140,124 @@ def test_ctrl_c_to_the_process_group_always_stops_everything_within_2_s(datadir,
         assert seconds <= 2, f"round {round_}: stopped in {seconds:.1f} s\n{output}"
         assert not (datadir / "postmaster.pid").exists(), f"round {round_}: database running"
         assert "Traceback" not in output and "SystemExit" not in output, output
+
+
+def finish(local: processes.Launched, seconds: float = 60) -> str:
+    """Wait for a run that is expected to end by itself; its output."""
+    try:
+        local.process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        ctrl_c(local)
+        raise
+    return local.output()
+
+
+@pytest.mark.slow
+def test_a_second_run_in_the_same_checkout_is_refused_and_disturbs_nothing(datadir, tmp_path):
+    first = start_local(datadir, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 60
+        while "serving http" not in first.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        socket.create_connection(("127.0.0.1", first.port), timeout=1).close()  # bound when said
+        database = (datadir / "postmaster.pid").read_text()
+        second = start_local(datadir, tmp_path / "second.log")
+        refusal = finish(second)
+        assert second.process.returncode == 1
+        assert f"already running in this checkout (pid {first.process.pid}" in refusal
+        assert f"serving http://127.0.0.1:{first.port}/" in refusal
+        assert "DATABASE_URL='postgresql://users_reader:" in refusal  # how to share it instead
+        assert (datadir / "postmaster.pid").read_text() == database  # not restarted, not moved
+        assert get(first.base + "/")[0] == 200
+    finally:
+        ctrl_c(first)
+
+
+@pytest.mark.slow
+def test_a_configuration_error_is_said_and_serving_never_is(tmp_path):
+    bad = "postgresql://u@127.0.0.1:1/db?bogus=1"
+    local = start_local(tmp_path / "unused", tmp_path / "run.log", bad)
+    output = finish(local)
+    assert local.process.returncode != 0
+    assert "configuration error: DATABASE_URL: unknown parameter 'bogus'" in output
+    assert "serving http" not in output
+    assert output.rstrip().endswith("its messages are above)")
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_said_before_anything_starts(datadir, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        local = start_local(datadir, tmp_path / "run.log", port=taken.getsockname()[1])
+        started = time.monotonic()
+        output = finish(local)
+    assert local.process.returncode == 1 and time.monotonic() - started < 5
+    assert output.strip() == (
+        f"make run: 127.0.0.1:{local.port} is in use: stop what listens there, or choose "
+        f"another port (PORT={local.port + 1} make run)"
+    )
+    assert not datadir.exists()  # no database was started for it
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_ends_make_run_with_status_0_and_one_goodbye(postgres):
+    """In a terminal, Ctrl-C is SIGINT to the foreground process group: make must not get
+    it, or it reports `*** [Makefile: run] Interrupt`, a failure."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    port = free_port()
+    venv = ["-o", f"{sys.prefix}/.installed", f"VENV={sys.prefix}"]  # this venv, as it is
+    env = {**os.environ, "DATABASE_URL": postgres.admin_url, "PORT": str(port)}
+    with terminal() as (master, slave):
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "run", *venv],
+            cwd=processes.ROOT,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        try:
+            output = read_until(master, b"serving http", 60)
+            os.write(master, b"\x03")  # the terminal's Ctrl-C
+            status = make.wait(timeout=10)
+            output += read_until(master, None, 2)
+        finally:
+            if make.poll() is None:
+                os.killpg(make.pid, signal.SIGKILL)
+                make.wait()
+    shown = output.decode(errors="replace")
+    assert status == 0, shown
+    assert shown.rstrip().endswith("stopped: the function. Bye.") and shown.count("Bye.") == 1
+    assert "Interrupt" not in shown and "Error" not in shown, shown
+
+
+@contextlib.contextmanager
+def terminal() -> Iterator[tuple[int, int]]:
+    """A pseudo-terminal: (master, slave) file descriptors, both closed afterwards."""
+    master, slave = os.openpty()
+    try:
+        yield master, slave
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def read_until(fd: int, marker: bytes | None, seconds: float) -> bytes:
+    """What the terminal shows until `marker` (or its end, or `seconds`)."""
+    out = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (marker is None or marker not in out):
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # every writer has closed its end
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis.internal.conjecture.optimiser  # noqa: F401 - see CURSORS
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from devtools import seed
 from lib.listing.paging import decode_cursor, encode_cursor
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_python
 from tests.report import figure
 
 SPEC = ROOT / "openapi.yaml"
@@ -26,6 +27,12 @@ MAX_SECONDS = 20
 
 PARAMETERS = yaml.safe_load(SPEC.read_text())["paths"]["/"]["get"]["parameters"]
 CURSOR_PATTERN = next(p for p in PARAMETERS if p["name"] == "cursor")["schema"]["pattern"]
+# Built now, at collection, with the optimiser imported above: a module hypothesis imports
+# lazily during a test is rewritten by pytest (ast.parse), and on CPython 3.11.0-3.11.7 and
+# 3.12.0-3.12.1 an ast.parse while another thread parses too can raise "SystemError: AST
+# constructor recursion depth mismatch" (python/cpython#106905, fixed in 3.11.8 and 3.12.2).
+CURSORS = st.from_regex(CURSOR_PATTERN, fullmatch=True)
+CURSORS.validate()  # a lazy strategy: this imports its module
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
@@ -34,7 +41,20 @@ def test_the_spec_cursor_pattern_is_exactly_the_cursors_issued(last_id, data):
     """A fuzzer trusts the spec: every string it allows must be a cursor we accept."""
     assert re.fullmatch(CURSOR_PATTERN, encode_cursor(last_id))
     assert decode_cursor(encode_cursor(last_id)) == min(last_id, 2**63 - 1)
-    decode_cursor(data.draw(st.from_regex(CURSOR_PATTERN, fullmatch=True)))  # never a 400
+    decode_cursor(data.draw(CURSORS))  # never a 400
+
+
+@pytest.mark.slow
+def test_the_property_test_imports_nothing_while_it_runs():
+    """What it needs is imported at collection, so no ast.parse runs under it (see CURSORS)."""
+    probe = (
+        "import sys\n"
+        "from tests import test_fuzz\n"
+        "before = set(sys.modules)\n"
+        "test_fuzz.test_the_spec_cursor_pattern_is_exactly_the_cursors_issued()\n"
+        "print(*sorted(set(sys.modules) - before))"
+    )
+    assert run_python(probe, {}).split() == []
 
 
 @pytest.mark.slow

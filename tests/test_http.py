@@ -187,6 +187,15 @@ def test_bad_parameters_are_400_json(admin, make_app, query):
     assert cursor.fetchone()[0] == 3  # injection strings were inert
 
 
+def test_an_unknown_parameter_is_a_400_that_says_why(make_app):
+    """A misspelt `limit` ignored would send the whole table: the message says so."""
+    error = make_app().test_client().get("/?foo=bar").get_json()["error"]
+    assert error["message"] == (
+        "unknown query parameter 'foo'; allowed: limit, cursor "
+        "(a misspelt limit must not send every row)"
+    )
+
+
 def test_unreachable_database_is_a_503_within_the_connect_timeout(admin, make_app, caplog):
     """A refused connection may be a database still starting: retried within
     DB_CONNECT_TIMEOUT (tests/test_waking.py), then a 503 the client may retry."""
@@ -198,6 +207,22 @@ def test_unreachable_database_is_a_503_within_the_connect_timeout(admin, make_ap
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     assert response.get_json()["error"]["code"] == "database_unavailable"
+
+
+def test_a_refused_connection_names_its_target_in_the_log_and_healthz_only(make_app, capsys):
+    """Like a wrong password or an unknown host, a closed port says what to check, to the
+    operator (log, /healthz); the client's body says no more than before."""
+    port = free_port()
+    url = f"postgresql://u:p@127.0.0.1:{port}/db?sslmode=disable"
+    client = make_app(DATABASE_URL=url, DB_CONNECT_TIMEOUT="0.3").test_client()
+    response = client.get("/")
+    target = f"nothing listening on 127.0.0.1:{port}"
+    assert response.status_code == 503
+    assert response.get_json()["error"]["message"] == "The database is unavailable; retry shortly."
+    assert str(port) not in response.get_data(as_text=True)
+    [logged] = [line for line in capsys.readouterr().out.splitlines() if "Errno 111" in line]
+    assert target in json.loads(logged)["message"]
+    assert target in client.get("/healthz").get_json()["database"]["last_error"]["detail"]
 
 
 def test_statement_timeout_is_504_and_the_connection_stays_usable(admin, make_app):
@@ -353,7 +378,7 @@ def test_an_8_mb_parameter_name_is_not_echoed_back(admin, make_app):
     name = "n" * 8_000_000
     response = make_app().test_client().get(f"/?{name}=1")
     assert response.status_code == 400
-    assert len(response.data) < 400  # the 40-character excerpt and why unknown ones are refused
+    assert len(response.data) < 300  # the 40-character excerpt and why unknown ones are refused
     assert "'nnnnnnnnnn" in response.get_json()["error"]["message"]  # a bounded excerpt
 
 

@@ -220,6 +220,8 @@ def _open_socket(host: Host, timeout: float, keepalives: Keepalives | None) -> s
                 f"host '{host.name}' does not resolve: check the host in DATABASE_URL"
             ) from exc
         raise
+    except ConnectionRefusedError as exc:  # the log and /healthz say where; the body does not
+        raise ConnectionRefusedError(exc.errno, f"nothing listening on {host}") from None
     _resolved.add(host.name)
     if keepalives is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -84,8 +84,7 @@ def page_request(args: MultiDict[str, str]) -> PageRequest:
     if unknown:
         raise BadRequest(
             f"unknown query parameter {bounded(unknown[0])}; allowed: limit, cursor "
-            "(an unknown one is refused, not ignored, so that a misspelt or unsupported "
-            "filter never returns every user)"
+            "(a misspelt limit must not send every row)"
         )
     for name in PARAMETERS:
         if len(args.getlist(name)) > 1:

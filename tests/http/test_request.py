@@ -92,7 +92,7 @@ def test_the_page_asked_for(args, expected):
         ({"limit": ""}, "limit must be"),
         ({"limit": "00001"}, "limit must be"),
         ({"cursor": "nope"}, "cursor is not one"),
-        ({"foo": "bar"}, "never returns every user"),
+        ({"foo": "bar"}, "misspelt limit must not send every row"),
         ([("limit", "1"), ("limit", "2")], "more than once"),
     ],
 )
