@@ -56,7 +56,8 @@ def test_cache_bench_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = out.read_text()
     assert "## Targets\n\nkept" in report and "## The response cache" in report
-    for case in ("no_cache", "cache_idle", "cache_304", "cache_busy", "trigger_busy"):
+    cases = ("no_cache", "cache_idle", "cache_304", "cache_busy", "trigger_busy")
+    for case in (*cases, "cache_elsewhere", "cache_one_user", "trigger_one_user"):
         row = re.search(rf"^\| {case}: [^|]* \| 4 \|(.*)$", report, re.M)
         assert row, case
         rps, cpu, *_, errors = (cell.strip() for cell in row.group(1).split("|")[:-1])
@@ -79,7 +80,52 @@ def test_a_variant_that_answers_errors_fails_the_run(tmp_path, monkeypatch, caps
     assert "bench: FAILED: variant 'floor' answered 400: " in capsys.readouterr().err
 
 
+def test_filters_run_only_the_chosen_cells_and_variants(tmp_path):
+    """BENCH_ARGS="--cells 10x8 --variants floor,floor_select1": a quick partial run."""
+    only = ["--cells", "10x8", "--variants", "floor,floor_select1", "--no-statements"]
+    command = [sys.executable, "-m", "bench.run", *QUICK, *only, "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    rows = re.findall(r"^\| ([\d,]+) \| (\d+) \| (\w+) \|", report, re.M)
+    assert sorted(rows) == [("10", "8", "floor"), ("10", "8", "floor_select1")]
+    assert "## The page statement" not in report
 
+
+def test_cache_bench_runs_the_chosen_cases(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    command = [sys.executable, "-m", "bench.cache", "--rounds", "1", "--seconds", "1"]
+    command += ["--no-node", "--python-client", "--out", str(out)]
+    command += ["--cases", "cache_elsewhere,cache_one_user"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = out.read_text()
+    assert re.findall(r"^\| (\w+): ", report, re.M) == ["cache_elsewhere", "cache_one_user"]
+    assert "with the cache full" not in report  # one-off figures only in a whole run
+
+
+def test_the_writers_write_what_the_case_says(postgres, admin):
+    """`elsewhere` inserts into another table only; `one_user` also updates one user, in
+    place, about 20 times a second; both loops stop with the block."""
+    from bench import cache
+
+    seed.seed_users(admin, cache.USERS, progress=False)
+    cursor = admin.cursor()
+    cursor.execute(f"SELECT name FROM users WHERE id = {cache.UPDATED_USER}")
+    [[before]] = cursor.fetchall()
+    for writes in (cache.ELSEWHERE, cache.ONE_USER):
+        cursor.execute("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'users'")
+        with cache.writer(postgres.admin_url, writes) as pids:
+            assert len(pids) == (2 if writes.user_per_s else 1)
+            cursor.execute("SELECT pg_sleep(1.0)")
+            cursor.execute("SELECT count(*) FROM elsewhere")
+            [[inserted]] = cursor.fetchall()
+        cursor.execute(f"SELECT name FROM users WHERE id = {cache.UPDATED_USER}")
+        [[after]] = cursor.fetchall()
+        assert 100 <= inserted <= 400, (writes.name, inserted)  # every ~3 ms (and a statement)
+        assert (after != before) == bool(writes.user_per_s), writes.name
+    cursor.execute("SELECT count(*) FROM users")
+    assert cursor.fetchone()[0] == cache.USERS
 
 
 SEED_ROUTE = ROOT / "bench" / "seed_next" / "pages" / "api" / "users.js"
