@@ -32,10 +32,32 @@ from devtools.devdb import EmbeddedPostgres
 from lib.listing import validator
 
 USERS = 1_000
-WRITE_EVERY_S = 0.001  # the busy cluster: another table written every ms (~every request)
+MAX_WRITES = 100_000  # per writer and case: every write loop is bounded in count as in time
+UPDATED_USER = USERS // 2  # the one user `one_user` keeps updating
 MIGRATION = servers.ROOT / "sql" / "cache_version.sql"
 SECTION = "## The response cache"
 INSERT = "INSERT INTO users (email, name, created_at) VALUES (md5(random()::text), 'w', now())"
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What the cluster is written meanwhile: another table every `elsewhere_s` (no user
+    changed), and one user updated `user_per_s` times a second."""
+
+    name: str
+    elsewhere_s: float | None = None
+    user_per_s: float = 0.0
+
+    def about(self) -> str:
+        parts = [f"another table every {self.elsewhere_s * 1000:g} ms"] if self.elsewhere_s else []
+        parts += [f"one user {self.user_per_s:g} times a second"] if self.user_per_s else []
+        return ", ".join(parts) or "nothing"
+
+
+IDLE = Writes("idle")
+BUSY = Writes("busy", 0.001)  # issue #18's busy cluster: a write elsewhere ~every request
+ELSEWHERE = Writes("elsewhere", 0.003)  # issue #26: written every few ms, no user changed
+ONE_USER = Writes("one_user", 0.003, 20.0)  # issue #26: and one user ~20 times a second
 
 
 @dataclass(frozen=True)
@@ -44,7 +66,7 @@ class Case:
     about: str
     server: str  # a key of `servers_env`
     connections: int
-    busy: bool = False  # another table written every WRITE_EVERY_S
+    writes: Writes = IDLE
     revalidate: bool = False  # If-None-Match with the current ETag
 
 
@@ -53,12 +75,21 @@ CASES = (
     Case("no_cache", "this function, RESPONSE_CACHE=off (as before the cache)", "no_cache", 4),
     Case("cache_idle", "this function, cache on, the table unchanged", "cache", 4),
     Case("cache_304", "cache on, If-None-Match with the current ETag", "cache", 4, revalidate=True),
-    Case("seed_next_busy", "the seed's route, writes elsewhere", "seed_next", 4, busy=True),
-    Case("no_cache_busy", "cache off, writes elsewhere", "no_cache", 4, busy=True),
-    Case("cache_busy", "cache on, writes elsewhere: most requests miss", "cache", 4, busy=True),
+    Case("seed_next_busy", "the seed's route, writes elsewhere", "seed_next", 4, BUSY),
+    Case("no_cache_busy", "cache off, writes elsewhere", "no_cache", 4, BUSY),
+    Case("cache_busy", "cache on, writes elsewhere: most requests miss", "cache", 4, BUSY),
     Case(
-        "trigger_busy", "cache on, opt-in trigger validator, writes elsewhere", "trigger", 4, True
+        "trigger_busy", "cache on, opt-in trigger validator, writes elsewhere", "trigger", 4, BUSY
     ),
+    Case(
+        "seed_next_elsewhere", "the seed's route, another table written", "seed_next", 4, ELSEWHERE
+    ),
+    Case(
+        "cache_elsewhere", "cache on, another table written, no user changed", "cache", 4, ELSEWHERE
+    ),
+    Case("seed_next_one_user", "the seed's route, and one user updated", "seed_next", 4, ONE_USER),
+    Case("cache_one_user", "cache on, and one user updated", "cache", 4, ONE_USER),
+    Case("trigger_one_user", "trigger validator, and one user updated", "trigger", 4, ONE_USER),
     Case("seed_next_c8", "the seed's route", "seed_next", 8),
     Case("no_cache_c8", "cache off", "no_cache", 8),
     Case("cache_c8", "cache on, the table unchanged", "cache", 8),
@@ -77,29 +108,47 @@ class Figures:
 
 
 @contextlib.contextmanager
-def writer(url: str) -> Iterator[int]:
-    """Write another table every WRITE_EVERY_S while inside; yields its backend's pid (its
-    own CPU is not the function's cost)."""
-    conn = seed.connect(url)
-    cursor = conn.cursor()
-    cursor.execute("CREATE TABLE IF NOT EXISTS elsewhere (n int)")
-    cursor.execute("SELECT pg_backend_pid()")
-    pid = cursor.fetchone()[0]
+def writer(url: str, writes: Writes) -> Iterator[set[int]]:
+    """Write as `writes` says while inside; yields the writers' backend pids (their own CPU
+    is not the function's cost). Each loop stops at the end of the block or after
+    MAX_WRITES, whichever comes first."""
+    loops: list[tuple[float, str]] = []
+    if writes.elsewhere_s:
+        loops.append((writes.elsewhere_s, "INSERT INTO elsewhere VALUES (1)"))
+    if writes.user_per_s:  # a new name each time: the served rows really change
+        update = (
+            f"UPDATE users SET name = 'updated ' || clock_timestamp() WHERE id = {UPDATED_USER}"
+        )
+        loops.append((1 / writes.user_per_s, update))
+    conns = [seed.connect(url) for _ in loops]
     stop = threading.Event()
+    pids: set[int] = set()
+    threads = []
+    for conn, (every_s, statement) in zip(conns, loops, strict=True):
+        cursor = conn.cursor()
+        cursor.execute("CREATE TABLE IF NOT EXISTS elsewhere (n int)")
+        cursor.execute("SELECT pg_backend_pid()")
+        pids.add(cursor.fetchone()[0])
 
-    def run() -> None:
-        while not stop.wait(WRITE_EVERY_S):
-            cursor.execute("INSERT INTO elsewhere VALUES (1)")
+        def run(cursor=cursor, every_s=every_s, statement=statement) -> None:
+            for _ in range(MAX_WRITES):
+                if stop.wait(every_s):
+                    break
+                cursor.execute(statement)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+        threads.append(threading.Thread(target=run, daemon=True))
+    for thread in threads:
+        thread.start()
     try:
-        yield pid
+        yield pids
     finally:
         stop.set()
-        thread.join(5)
-        cursor.execute("TRUNCATE elsewhere")
-        conn.close()
+        for thread in threads:
+            thread.join(5)
+        for conn in conns:
+            if writes.elsewhere_s:
+                conn.cursor().execute("TRUNCATE elsewhere")
+            conn.close()
 
 
 def outcomes(log: Path, offset: int) -> Counter[str]:
@@ -139,12 +188,23 @@ def fill(url: str, max_requests: int = 3000, until_full: bool = True) -> tuple[d
     return health(url), n + 1
 
 
-def run(rounds: int, seconds: float, load: loads.Load, no_node: bool, transactions: int) -> str:
+def run(
+    rounds: int,
+    seconds: float,
+    load: loads.Load,
+    no_node: bool,
+    transactions: int,
+    only: frozenset[str] = frozenset(),  # the cases to run; all when empty
+) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="bench-cache"))
     postgres = EmbeddedPostgres(workdir / "data").start()
     running: dict[str, servers.Running] = {}
     figures = {case.name: Figures() for case in CASES}
-    cases = [c for c in CASES if not (no_node and c.server == "seed_next")]
+    cases = [
+        c
+        for c in CASES
+        if not (no_node and c.server == "seed_next") and (not only or c.name in only)
+    ]
     extra: dict[str, float] = {}
     try:
         admin = seed.connect(postgres.url())
@@ -171,7 +231,7 @@ def run(rounds: int, seconds: float, load: loads.Load, no_node: bool, transactio
                 server = running[case.server]
                 headers = {"If-None-Match": etag(server.url)} if case.revalidate else {}
                 with contextlib.ExitStack() as stack:
-                    exclude = {stack.enter_context(writer(postgres.url()))} if case.busy else set()
+                    exclude = stack.enter_context(writer(postgres.url(), case.writes))
                     monitor = stack.enter_context(
                         measure.Monitor(server, postgres.url(), postgres, frozenset(exclude))
                     )
@@ -187,38 +247,39 @@ def run(rounds: int, seconds: float, load: loads.Load, no_node: bool, transactio
                     f"pg cpu {f.cpu_ms[-1]:.3f} ms/req errors {r.errors}",
                     flush=True,
                 )
-        state = health(running["cache"].url)
-        extra["hit_rate_idle"] = state["recent_hit_rate"] or 0.0
-        for server in running.values():
-            server.stop()
-        running.clear()
-        fresh = servers.Running(users, url, workdir, {}, "cache_full")
-        running["cache_full"] = fresh
-        loads.response_body(fresh.url, {})
-        extra["rss_start_mb"] = fresh.rss_mb()
-        full, sent = fill(fresh.url)
-        extra["rss_full_mb"] = fresh.rss_mb()
-        extra["cache_bytes_mb"] = full["bytes"] / 2**20
-        extra["cache_entries"] = full["entries"]
-        off = servers.Running(users, url, workdir, {"RESPONSE_CACHE": "off"}, "cache_off_fill")
-        running["cache_off_fill"] = off
-        loads.response_body(off.url, {})
-        extra["rss_off_start_mb"] = off.rss_mb()
-        fill(off.url, sent, until_full=False)
-        extra["rss_off_mb"] = off.rss_mb()
-        for name, with_id in (("probe_ms", False), ("probe_pooler_ms", True)):
-            extra[name] = pgbench_ms(
-                postgres, validator.probe_sql(validator.SNAPSHOT, with_id), 5000
-            )
-        extra["select_1_ms"] = pgbench_ms(postgres, "SELECT 1", transactions)
-        with_trigger, without = [], []
-        for _ in range(3):  # interleaved: the table grows as the rounds insert
-            with_trigger.append(pgbench_ms(postgres, INSERT, transactions))
-            admin.cursor().execute("DROP FUNCTION users_version_bump() CASCADE")
-            without.append(pgbench_ms(postgres, INSERT, transactions))
-            admin.cursor().execute(MIGRATION.read_text())
-        extra["insert_trigger_ms"] = statistics.median(with_trigger)
-        extra["insert_plain_ms"] = statistics.median(without)
+        if not only:  # the one-off figures belong to a whole run
+            state = health(running["cache"].url)
+            extra["hit_rate_idle"] = state["recent_hit_rate"] or 0.0
+            for server in running.values():
+                server.stop()
+            running.clear()
+            fresh = servers.Running(users, url, workdir, {}, "cache_full")
+            running["cache_full"] = fresh
+            loads.response_body(fresh.url, {})
+            extra["rss_start_mb"] = fresh.rss_mb()
+            full, sent = fill(fresh.url)
+            extra["rss_full_mb"] = fresh.rss_mb()
+            extra["cache_bytes_mb"] = full["bytes"] / 2**20
+            extra["cache_entries"] = full["entries"]
+            off = servers.Running(users, url, workdir, {"RESPONSE_CACHE": "off"}, "cache_off_fill")
+            running["cache_off_fill"] = off
+            loads.response_body(off.url, {})
+            extra["rss_off_start_mb"] = off.rss_mb()
+            fill(off.url, sent, until_full=False)
+            extra["rss_off_mb"] = off.rss_mb()
+            for name, with_id in (("probe_ms", False), ("probe_pooler_ms", True)):
+                extra[name] = pgbench_ms(
+                    postgres, validator.probe_sql(validator.SNAPSHOT, with_id), 5000
+                )
+            extra["select_1_ms"] = pgbench_ms(postgres, "SELECT 1", transactions)
+            with_trigger, without = [], []
+            for _ in range(3):  # interleaved: the table grows as the rounds insert
+                with_trigger.append(pgbench_ms(postgres, INSERT, transactions))
+                admin.cursor().execute("DROP FUNCTION users_version_bump() CASCADE")
+                without.append(pgbench_ms(postgres, INSERT, transactions))
+                admin.cursor().execute(MIGRATION.read_text())
+            extra["insert_trigger_ms"] = statistics.median(with_trigger)
+            extra["insert_plain_ms"] = statistics.median(without)
         admin.close()
     finally:
         for server in running.values():
@@ -247,22 +308,17 @@ def render(
         "",
         f"Written by `python -m bench.cache` (also run by `make bench`): {USERS:,} users, "
         f"{rounds} interleaved rounds of {s:g} s per case, medians. PG CPU ms/req as above "
-        "(the writer's own backend left out); **x seed** is over the seed's route in the same "
-        "conditions (idle, busy, or 8 connections). Busy: another table written every "
-        f"{WRITE_EVERY_S * 1000:g} ms; the cache's outcomes come from the function's log lines.",
+        "(the writers' own backends left out); **x seed** is over the seed's route in the same "
+        "conditions (the same writes and connections). Writes meanwhile: "
+        + "; ".join(f"{w.name}: {w.about()}" for w in (BUSY, ELSEWHERE, ONE_USER))
+        + "; the cache's outcomes come from the function's log lines.",
         "",
         "| case | conns | req/s | PG CPU ms/req | x seed (CPU) | x seed (req/s) "
         "| cache hit/miss/skip % | errors |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for case in cases:
-        seed_case = (
-            "seed_next_busy"
-            if case.busy
-            else "seed_next_c8"
-            if case.connections == 8
-            else "seed_next"
-        )
+        seed_case = seed_case_of(case)
         lines.append(
             f"| {case.name}: {case.about} | {case.connections} | {rps(case.name):,.1f} | "
             f"{cpu(case.name):.3f} | {ratio(case.name, seed_case)} | "
@@ -270,7 +326,7 @@ def render(
             f"{figures[case.name].errors} |"
         )
     plain, trig = extra.get("insert_plain_ms"), extra.get("insert_trigger_ms")
-    lines += ["", "| target (issue #18) | value | met |", "|---|---:|---|"]
+    lines += ["", "| target | value | met |", "|---|---:|---|"]
     for label, a, b, of, goal, higher in (
         ("idle table: PG CPU per request / seed's", "cache_idle", "seed_next", cpu, 0.25, False),
         (
@@ -282,14 +338,33 @@ def render(
             False,
         ),
         ("c=8: req/s with the cache / without", "cache_c8", "no_cache_c8", rps, 1.0, True),
+        ("#26 idle: PG CPU per request / seed's", "cache_idle", "seed_next", cpu, 0.15, False),
+        (
+            "#26 another table written, no user changed: PG CPU per request / seed's",
+            "cache_elsewhere",
+            "seed_next_elsewhere",
+            cpu,
+            0.6,
+            False,
+        ),
+        (
+            "#26 and one user updated: PG CPU per request / seed's",
+            "cache_one_user",
+            "seed_next_one_user",
+            cpu,
+            1.5,
+            False,
+        ),
     ):
-        if figures[b].rps:
+        if figures[a].rps and figures[b].rps:
             value = of(a) / of(b)
             met = value >= goal if higher else value <= goal
             sign = ">=" if higher else "<="
             lines.append(
                 f"| {label} {sign} {goal:g}x | {value:.2f}x | {'met' if met else 'NOT MET'} |"
             )
+    if not extra:  # a run of chosen cases (--cases): no one-off figures
+        return "\n".join([*lines, ""])
     lines += [
         "",
         f"- A writer's single-row INSERT into `users` (pgbench, one client, median of 3 "
@@ -309,6 +384,12 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def seed_case_of(case: Case) -> str:
+    """The seed's case a case is compared with: the same writes and connections."""
+    name = "seed_next" if case.writes is IDLE else f"seed_next_{case.writes.name}"
+    return f"{name}_c8" if case.connections == 8 else name
 
 
 def shares(counts: Counter[str]) -> str:
@@ -336,14 +417,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python-client", action="store_true")
     parser.add_argument("--out", default=str(servers.ROOT / "BENCHMARKS.md"))
     parser.add_argument("--transactions", type=int, default=5000, help="per pgbench figure")
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="only these cases (comma-separated), without the one-off figures",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(c.strip() for c in args.cases.split(",") if c.strip())
+    unknown = only - {c.name for c in CASES}
+    if unknown:
+        parser.error(f"no such case: {', '.join(sorted(unknown))}")
     use_wrk = loads.wrk_installed() and not args.python_client
     no_node = args.no_node or servers.node_missing() is not None
     if not no_node:
-        servers.prepare_next()
+        servers.prepare_next([servers.ROOT / plan.SERVERS["seed_next"].app])
     started = time.monotonic()
     load = loads.load_wrk if use_wrk else loads.load_python
-    text = run(args.rounds, args.seconds, load, no_node, args.transactions)
+    text = run(args.rounds, args.seconds, load, no_node, args.transactions, only)
     text = text.replace("medians.", f"medians ({time.monotonic() - started:.0f} s).", 1)
     write_section(text, Path(args.out))
     print(text)

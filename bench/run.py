@@ -31,6 +31,20 @@ def _skipped(args: argparse.Namespace) -> dict[str, str]:
     return {v.name: why for v in plan.VARIANTS.values() if plan.SERVERS[v.server].node}
 
 
+def _chosen(
+    variants: tuple[str, ...], skipped: dict[str, str], args: argparse.Namespace
+) -> tuple[str, ...]:
+    """A cell's variants that run: not skipped, and among --variants when given."""
+    return tuple(
+        v for v in variants if v not in skipped and (not args.variants or v in args.variants)
+    )
+
+
+def _names(text: str) -> frozenset[str]:
+    """A comma-separated list of --variants, --cells or --cases."""
+    return frozenset(name.strip() for name in text.split(",") if name.strip())
+
+
 def run(args: argparse.Namespace) -> int:
     if args.only_cache:
         return cache_bench.main(_cache_args(args))
@@ -45,13 +59,14 @@ def run(args: argparse.Namespace) -> int:
     skipped = _skipped(args)
     for name, why in skipped.items():
         print(f"bench: {name} not run: {why}", flush=True)
-    if not args.no_node and not skipped:
-        servers.prepare_next()
     cells = [
-        report.Cell(users, conns, tuple(v for v in variants if v not in skipped))
+        cell
         for (users, conns), variants in plan.CELLS.items()
-        if users <= args.max_users
+        if users <= args.max_users and (not args.cells or f"{users}x{conns}" in args.cells)
+        if (cell := report.Cell(users, conns, _chosen(variants, skipped, args))).variants
     ]
+    apps = {plan.SERVERS[plan.VARIANTS[v].server].app for c in cells for v in c.variants}
+    servers.prepare_next(sorted(servers.ROOT / app for app in apps if app))
     started = time.monotonic()
     result = report.Run(
         cells,
@@ -72,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         for users in sizes:
             seed.seed_users(admin, users)
             seed.create_reader(admin, "bench")
-            if users == max(s for s in sizes if s <= 100_000):
+            if not args.no_statements and users == max(s for s in sizes if s <= 100_000):
                 result.statements_after = users * 9 // 10
                 result.statements = statements.compare(
                     postgres, result.statements_after, min(2, args.rounds)
@@ -98,6 +113,7 @@ def _cache_args(args: argparse.Namespace) -> list[str]:
     """bench/cache.py's arguments from ours: its section goes into the same BENCHMARKS.md."""
     extra = ["--no-node"] if args.no_node else []
     extra += ["--python-client"] if args.python_client else []
+    extra += ["--cases", ",".join(sorted(args.cases))] if args.cases else []
     out = str(Path(args.out) / "BENCHMARKS.md")
     return ["--rounds", str(args.rounds), "--seconds", str(args.seconds), "--out", out, *extra]
 
@@ -181,6 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache-bench", action="store_true", help="leave out bench/cache.py")
     parser.add_argument(
         "--only-cache", action="store_true", help="only bench/cache.py's section of BENCHMARKS.md"
+    )
+    parser.add_argument(
+        "--variants", type=_names, default=frozenset(), help="only these (comma-separated)"
+    )
+    parser.add_argument(
+        "--cells", type=_names, default=frozenset(), help="only these, as 10x8,1000x8"
+    )
+    parser.add_argument(
+        "--cases", type=_names, default=frozenset(), help="only these of bench/cache.py"
+    )
+    parser.add_argument(
+        "--no-statements", action="store_true", help="leave out the page statement's section"
     )
     try:
         return run(parser.parse_args(argv))

@@ -1,4 +1,4 @@
-"""Serving the variants: functions-framework for the Python ones, `next start` for the seed.
+"""Serving the variants: functions-framework for the Python ones, `next start` for the seed's.
 
 A server that does not come up stops the benchmark with its log's tail (ServerFailed):
 a report with a silently missing variant would compare against nothing.
@@ -12,16 +12,17 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
 
-from bench.plan import Server
+from bench.plan import SERVERS, Server
 from devtools.devdb import free_port, functions_framework
 
 ROOT = Path(__file__).resolve().parent.parent
-NEXT_APP = ROOT / "bench" / "seed_next"
 READY_S = 60
+_NODE_ENV = {**os.environ, "NEXT_TELEMETRY_DISABLED": "1"}
 
 
 class ServerFailed(RuntimeError):
@@ -29,31 +30,51 @@ class ServerFailed(RuntimeError):
 
 
 def node_missing() -> str | None:
-    """Why the Next.js variant cannot run here, or None."""
+    """Why the Next.js variants cannot run here, or None."""
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
             return f"`{tool}` not found: install Node.js 20.9+ to measure the seed's route"
     return None
 
 
-def prepare_next() -> None:
-    """`npm ci` (from the committed lockfile) and `next build`, each only when out of date."""
-    modules, build = NEXT_APP / "node_modules", NEXT_APP / ".next" / "BUILD_ID"
-    lock = NEXT_APP / "package-lock.json"
-    env = {**os.environ, "NEXT_TELEMETRY_DISABLED": "1"}
+def next_apps() -> list[Path]:
+    """The Next.js apps of bench/plan.py (the seed's route, the App Router variant)."""
+    return sorted({ROOT / s.app for s in SERVERS.values() if s.node})
+
+
+def prepare_next(apps: Iterable[Path] | None = None) -> None:
+    """For each app: `npm ci` (from its committed lockfile) and `next build`, each only when
+    out of date. A production build, as the seed is deployed."""
+    for app in next_apps() if apps is None else apps:
+        install_next(app)
+        build_next(app)
+
+
+def install_next(app: Path) -> None:
+    """`npm ci` from the app's committed lockfile, unless node_modules is newer than it."""
+    modules, lock = app / "node_modules", app / "package-lock.json"
     if not modules.exists() or modules.stat().st_mtime < lock.stat().st_mtime:
-        print("bench: npm ci in bench/seed_next (the seed's route) ...", flush=True)
+        print(f"bench: npm ci in {app.relative_to(ROOT)} ...", flush=True)
         subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NEXT_APP, env=env, check=True, timeout=600
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=app,
+            env=_NODE_ENV,
+            check=True,
+            timeout=600,
         )
         modules.touch()
-    sources = [lock, *NEXT_APP.glob("app/**/*.js")]
+
+
+def build_next(app: Path) -> None:
+    """`next build`, unless the build is newer than the lockfile and every route's source."""
+    build, lock = app / ".next" / "BUILD_ID", app / "package-lock.json"
+    sources = [lock, *app.glob("app/**/*.js"), *app.glob("pages/**/*.js")]
     if not build.exists() or build.stat().st_mtime < max(p.stat().st_mtime for p in sources):
-        print("bench: next build (production) ...", flush=True)
+        print(f"bench: next build in {app.relative_to(ROOT)} (production) ...", flush=True)
         subprocess.run(
-            [str(NEXT_APP / "node_modules" / ".bin" / "next"), "build"],
-            cwd=NEXT_APP,
-            env=env,
+            [str(app / "node_modules" / ".bin" / "next"), "build"],
+            cwd=app,
+            env=_NODE_ENV,
             check=True,
             timeout=600,
             stdout=subprocess.DEVNULL,
@@ -79,9 +100,9 @@ class Running:
         for key in ("WORKERS", "THREADS"):  # functions-framework's defaults, as deployed
             env.pop(key, None)
         if server.node:
-            command = [str(NEXT_APP / "node_modules" / ".bin" / "next"), "start"]
+            cwd, env["NEXT_TELEMETRY_DISABLED"] = ROOT / server.app, "1"
+            command = [str(cwd / "node_modules" / ".bin" / "next"), "start"]
             command += ["-H", "127.0.0.1", "-p", str(self.port)]
-            cwd, env["NEXT_TELEMETRY_DISABLED"] = NEXT_APP, "1"
         else:
             command = [functions_framework(), "--source", server.source, "--target", server.target]
             command += ["--host", "127.0.0.1", "--port", str(self.port)]
