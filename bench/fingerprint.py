@@ -2,7 +2,7 @@
 
 `python -m bench.fingerprint`: an embedded PostgreSQL, a table of 1,000 users (pages of 100
 and 1,000 rows, the whole table as the seed reads it) then of 5,000 (a page of 5,000 rows),
-every statement of lib/fingerprint.py beside statements.page_sql, the snapshot probe and
+every statement of lib/listing/fingerprint.py beside statements.page_sql, the snapshot probe and
 count(*). The figure is the CPU of the backend running the statement (its
 /proc/<pid>/schedstat, nanoseconds: robust on a shared machine, where latency is not),
 per statement, the median of interleaved rounds. Prints a Markdown table.
@@ -21,7 +21,7 @@ import pg8000.native
 
 from devtools import seed
 from devtools.devdb import EmbeddedPostgres
-from lib import fingerprint, statements, validator
+from lib.listing import fingerprint, statements, validator
 from lib.resource import Resource
 
 RESOURCE = Resource("users", "users", ("id", "email", "name", "created_at"))
@@ -34,17 +34,17 @@ def _count(limit: int) -> str:
 
 
 def _unmixed(limit: int) -> str:
-    """The content hash without the outer mix (not exact: see lib/fingerprint.py)."""
+    """The content hash without the outer mix (not exact: see lib/listing/fingerprint.py)."""
     fields = ", ".join(f"page.{c}" for c in RESOURCE.columns)
     row_hash = f"hash_record_extended(ROW({fields}), ({SEED})::int8)"
-    aggregate = fingerprint._aggregate(RESOURCE, None, 0, limit, row_hash)
-    return f"SELECT {aggregate} || ':' || {fingerprint._types(RESOURCE, None)}"
+    aggregate = fingerprint._aggregate(RESOURCE, 0, limit, row_hash)
+    return f"SELECT {aggregate} || ':' || {fingerprint._types(RESOURCE)}"
 
 
 # name -> the statement for a page of `limit` rows (some ignore it).
 STATEMENTS: dict[str, Callable[[int], str]] = {
     "seed: SELECT * FROM users (whole table)": lambda _: "SELECT * FROM users",
-    "render (statements.page_sql)": lambda n: statements.page_sql(RESOURCE, None, 0, n),
+    "render (statements.page_sql)": lambda n: statements.page_sql(RESOURCE, 0, n),
     "snapshot probe (validator)": lambda _: validator.probe_sql(validator.SNAPSHOT, False),
     "count(*) of the page": _count,
     "count(*) of the table": lambda _: "SELECT count(*) FROM users",
@@ -52,13 +52,13 @@ STATEMENTS: dict[str, Callable[[int], str]] = {
         RESOURCE, None, 0, n, SEED
     ),
     "content: record hash, mixed + count + next + types (chosen)": lambda n: (
-        fingerprint.content_sql(RESOURCE, None, 0, n, SEED)
+        fingerprint.content_sql(RESOURCE, 0, n, SEED)
     ),
     "content: record hash, unmixed (not exact)": _unmixed,
     "rendered: hash of row_to_json text + count + next": lambda n: fingerprint.rendered_sql(
         RESOURCE, None, 0, n, SEED
     ),
-    "types alone (pg_attribute)": lambda _: "SELECT " + fingerprint._types(RESOURCE, None),
+    "types alone (pg_attribute)": lambda _: "SELECT " + fingerprint._types(RESOURCE),
 }
 
 

@@ -3,7 +3,7 @@
 When the snapshot has moved (a write anywhere in the cluster), a stored render may still be
 exact: its rows may not have changed. Asking PostgreSQL for a fingerprint of exactly the
 rows the render would read costs a fraction of rendering them again (bench/fingerprint.py,
-bench/FINDINGS-26.md). Like lib/statements.py, this module is pure: SQL text from the
+bench/FINDINGS-26.md). Like lib/listing/statements.py, this module is pure: SQL text from the
 resource, the schema, the page (after, limit) and a seed; no I/O.
 
 What the render's bytes depend on, and what the fingerprint holds for each:
@@ -46,8 +46,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from lib.listing.statements import literal, table_name
 from lib.resource import Resource
-from lib.statements import literal, table_name
 
 # Types whose extended hash tells apart every two values that render differently (for text
 # and varchar: under a deterministic collation, checked by exact_types_sql).
@@ -73,42 +73,42 @@ def process_seed() -> int:
 os.register_at_fork(after_in_child=_seed.clear)
 
 
-def content_sql(resource: Resource, schema: str | None, after: int, limit: int, seed: int) -> str:
+def content_sql(resource: Resource, after: int, limit: int, seed: int) -> str:
     """The chosen fingerprint, one statement of one text column: count, XOR of the rows'
     content hashes, whether rows follow, the served columns' types."""
-    return f"SELECT {content_token(resource, schema, after, limit, seed)}"
+    return f"SELECT {content_token(resource, after, limit, seed)}"
 
 
-def content_token(resource: Resource, schema: str | None, after: int, limit: int, seed: int) -> str:
+def content_token(resource: Resource, after: int, limit: int, seed: int) -> str:
     """content_sql's value as one SQL expression: a validator token (lib/validator.py's
     probe_sql and render_sql read it beside the server's identity)."""
     s = _ints(after, limit, seed)
     fields = ", ".join(f"page.{literal(c)}" for c in _selected(resource))
     row_hash = f"hashint8extended(hash_record_extended(ROW({fields}), {s}), {s})"
-    aggregate = _aggregate(resource, schema, after, limit, row_hash)
-    return f"({aggregate} || ':' || {_types(resource, schema)})"
+    aggregate = _aggregate(resource, after, limit, row_hash)
+    return f"({aggregate} || ':' || {_types(resource)})"
 
 
-def rendered_sql(resource: Resource, schema: str | None, after: int, limit: int, seed: int) -> str:
+def rendered_sql(resource: Resource, after: int, limit: int, seed: int) -> str:
     """The fallback for any column type: each row's hash is of its key and its rendered JSON
     text, as page_sql renders it (the type cannot change the bytes unseen)."""
     s = _ints(after, limit, seed)
     fields = ", ".join(f"page.{literal(c)}" for c in resource.columns)
     row_hash = f"hashtextextended(page.{resource.key} || ' ' || row_to_json(r)::text, {s})"
     lateral = f", LATERAL (SELECT {fields}) AS r"
-    return f"SELECT {_aggregate(resource, schema, after, limit, row_hash, lateral)}"
+    return f"SELECT {_aggregate(resource, after, limit, row_hash, lateral)}"
 
 
-def tuples_sql(resource: Resource, schema: str | None, after: int, limit: int, seed: int) -> str:
+def tuples_sql(resource: Resource, after: int, limit: int, seed: int) -> str:
     """The (ctid, xmin) fingerprint, for comparison: each row version's place and writer."""
     s = _ints(after, limit, seed)
     row_hash = f"hashtidextended(page.ctid, page.xmin::text::int8 # {s})"
     page = (literal(resource.key), "ctid", "xmin")
-    aggregate = _aggregate(resource, schema, after, limit, row_hash, columns=page)
-    return f"SELECT {aggregate} || ':' || {_types(resource, schema)}"
+    aggregate = _aggregate(resource, after, limit, row_hash, columns=page)
+    return f"SELECT {aggregate} || ':' || {_types(resource)}"
 
 
-def exact_types_sql(resource: Resource, schema: str | None) -> str:
+def exact_types_sql(resource: Resource) -> str:
     """Whether content_sql is exact for this table: every served column (and the key) of an
     EXACT_TYPES type, under a deterministic collation where it has one."""
     names = ", ".join(f"'{c}'" for c in _selected(resource))
@@ -118,7 +118,7 @@ def exact_types_sql(resource: Resource, schema: str | None) -> str:
         f"{len(_selected(resource))} AND bool_and(a.atttypid IN ({types}) "
         "AND (a.attcollation = 0 OR coalesce(c.collisdeterministic, true))) "
         "FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation "
-        f"WHERE a.attrelid = '{table_name(resource, schema)}'::regclass "
+        f"WHERE a.attrelid = '{table_name(resource)}'::regclass "
         f"AND a.attname IN ({names}) AND NOT a.attisdropped"
     )
 
@@ -141,7 +141,6 @@ def _selected(resource: Resource) -> tuple[str, ...]:
 
 def _aggregate(
     resource: Resource,
-    schema: str | None,
     after: int,
     limit: int,
     row_hash: str,
@@ -150,7 +149,7 @@ def _aggregate(
 ) -> str:
     """(count || ':' || XOR of row_hash || ':' || rows follow) over page_sql's keyset page,
     as a scalar subquery; the probe past the page is page_sql's own (one index probe)."""
-    table, key = table_name(resource, schema), resource.key
+    table, key = table_name(resource), resource.key
     columns = columns or tuple(literal(c) for c in _selected(resource))
     return (
         f"(SELECT count(*) || ':' || coalesce(bit_xor({row_hash}), 0) || ':' || "  # noqa: S608
@@ -161,13 +160,13 @@ def _aggregate(
     )
 
 
-def _types(resource: Resource, schema: str | None) -> str:
+def _types(resource: Resource) -> str:
     """The served columns' names, types, typmods and collations, as text (a scalar
     subquery on pg_attribute's (attrelid, attname) index)."""
     names = ", ".join(f"'{c}'" for c in _selected(resource))
     return (
         "(SELECT string_agg(attname || '=' || atttypid || '/' || atttypmod || '/' || "  # noqa: S608
         "attcollation, ',' ORDER BY attnum) FROM pg_attribute "
-        f"WHERE attrelid = '{table_name(resource, schema)}'::regclass "
+        f"WHERE attrelid = '{table_name(resource)}'::regclass "
         f"AND attname IN ({names}) AND NOT attisdropped)"
     )

@@ -1,16 +1,17 @@
-"""lib/fingerprint.py against a real PostgreSQL: every change that could change a page's bytes
-gives a new fingerprint; what cannot change them (other tables, VACUUM FULL, CLUSTER) does
-not change the content hash."""
+"""lib/listing/fingerprint.py against a real PostgreSQL: every change that could change a
+page's bytes gives a new fingerprint; what cannot change them (other tables, VACUUM FULL,
+CLUSTER) does not change the content hash."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pg8000.dbapi
 import pytest
 
 from devtools import seed
-from lib import fingerprint, statements
+from lib.listing import fingerprint, statements
 from lib.resource import Resource
 from tests.conftest import run_python
 
@@ -18,7 +19,7 @@ USERS = Resource("users", "users", ("id", "email", "name", "created_at"))
 SEED = fingerprint.new_seed()
 AFTER, LIMIT = 5, 5  # the page: ids 6..10 of 20, rows follow
 
-Build = Callable[[Resource, str | None, int, int, int], str]
+Build = Callable[[Resource, int, int, int], str]
 ALL: dict[str, Build] = {
     "content": fingerprint.content_sql,
     "rendered": fingerprint.rendered_sql,
@@ -43,9 +44,9 @@ def prints(
     conn: pg8000.dbapi.Connection, after: int = AFTER, limit: int = LIMIT
 ) -> dict[str, object]:
     """Every kind's fingerprint of the page, and the page's render itself."""
-    out = {name: value(conn, build(USERS, None, after, limit, SEED)) for name, build in ALL.items()}
+    out = {name: value(conn, build(USERS, after, limit, SEED)) for name, build in ALL.items()}
     cursor = conn.cursor()
-    cursor.execute(statements.page_sql(USERS, None, after, limit))
+    cursor.execute(statements.page_sql(USERS, after, limit))
     out["render"] = cursor.fetchall()
     return out
 
@@ -195,9 +196,9 @@ def test_an_insert_into_the_page_and_an_insert_elsewhere(users):
 
 
 def test_the_same_rows_and_seed_give_the_same_fingerprint_and_another_seed_another(users):
-    sql = fingerprint.content_sql(USERS, None, AFTER, LIMIT, SEED)
+    sql = fingerprint.content_sql(USERS, AFTER, LIMIT, SEED)
     assert value(users, sql) == value(users, sql)
-    other = fingerprint.content_sql(USERS, None, AFTER, LIMIT, fingerprint.new_seed())
+    other = fingerprint.content_sql(USERS, AFTER, LIMIT, fingerprint.new_seed())
     assert value(users, other) != value(users, sql)
 
 
@@ -212,7 +213,7 @@ def test_nulls_are_told_apart_from_values_and_from_each_others_place(admin):
     for a, b in (("NULL", "NULL"), ("NULL", "'x'"), ("'x'", "NULL"), ("''", "''"), ("'x'", "'x'")):
         run(admin, "TRUNCATE things", f"INSERT INTO things VALUES (1, {a}, {b})")
         for name in ("content", "rendered"):
-            seen[(name, a, b)] = value(admin, ALL[name](things, None, 0, 10, SEED))
+            seen[(name, a, b)] = value(admin, ALL[name](things, 0, 10, SEED))
     for name in ("content", "rendered"):
         values = [v for (n, *_), v in seen.items() if n == name]
         assert len(set(values)) == len(values), name
@@ -228,14 +229,14 @@ def test_numeric_scale_is_why_the_record_hash_is_not_exact_for_every_type(admin)
         "CREATE TABLE prices (id int8 PRIMARY KEY, price numeric)",
     )
     run(admin, "INSERT INTO prices VALUES (1, 1.50)")
-    content = fingerprint.content_sql(prices, None, 0, 10, SEED)
-    rendered = fingerprint.rendered_sql(prices, None, 0, 10, SEED)
+    content = fingerprint.content_sql(prices, 0, 10, SEED)
+    rendered = fingerprint.rendered_sql(prices, 0, 10, SEED)
     before = (value(admin, content), value(admin, rendered))
     run(admin, "UPDATE prices SET price = 1.5")
     assert value(admin, content) == before[0]  # why numeric is not in EXACT_TYPES
     assert value(admin, rendered) != before[1]
-    assert value(admin, fingerprint.exact_types_sql(prices, None)) is False
-    assert value(admin, fingerprint.exact_types_sql(USERS, None)) is True
+    assert value(admin, fingerprint.exact_types_sql(prices)) is False
+    assert value(admin, fingerprint.exact_types_sql(USERS)) is True
 
 
 def test_a_nondeterministic_collation_is_not_exact(admin):
@@ -248,7 +249,7 @@ def test_a_nondeterministic_collation_is_not_exact(admin):
     except pg8000.dbapi.DatabaseError as exc:  # a PostgreSQL built without ICU
         pytest.skip(f"no ICU collation here: {exc}")
     run(admin, "ALTER TABLE users ALTER COLUMN name TYPE text COLLATE fp_ci")
-    assert value(admin, fingerprint.exact_types_sql(USERS, None)) is False
+    assert value(admin, fingerprint.exact_types_sql(USERS)) is False
 
 
 def test_a_schema_qualified_table(admin, postgres):
@@ -256,15 +257,15 @@ def test_a_schema_qualified_table(admin, postgres):
     run(admin, "CREATE TABLE fp.users (LIKE public.users INCLUDING ALL)")
     run(admin, "INSERT INTO fp.users (email, name) VALUES ('a@example.com', 'A')")
     for build in ALL.values():
-        assert str(value(admin, build(USERS, "fp", 0, 10, SEED))).startswith("1:")
-    assert value(admin, fingerprint.exact_types_sql(USERS, "fp")) is True
+        assert str(value(admin, build(replace(USERS, schema="fp"), 0, 10, SEED))).startswith("1:")
+    assert value(admin, fingerprint.exact_types_sql(replace(USERS, schema="fp"))) is True
     run(admin, "DROP SCHEMA fp CASCADE")
 
 
 def test_two_processes_draw_different_seeds_and_a_fork_draws_again():
     code = (
         "import os\n"
-        "from lib import fingerprint\n"
+        "from lib.listing import fingerprint\n"
         "parent = fingerprint.process_seed()\n"
         "assert fingerprint.process_seed() == parent\n"
         "r, w = os.pipe()\n"
@@ -281,8 +282,8 @@ def test_two_processes_draw_different_seeds_and_a_fork_draws_again():
 
 def test_only_ints_reach_the_statement():
     with pytest.raises(TypeError):
-        fingerprint.content_sql(USERS, None, "0; DROP TABLE users", 10, SEED)  # type: ignore[arg-type]
+        fingerprint.content_sql(USERS, "0; DROP TABLE users", 10, SEED)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        fingerprint.rendered_sql(USERS, None, 0, 10, True)
+        fingerprint.rendered_sql(USERS, 0, 10, True)
     with pytest.raises(ValueError, match="bigint"):
-        fingerprint.tuples_sql(USERS, None, 0, 10, 2**63)
+        fingerprint.tuples_sql(USERS, 0, 10, 2**63)
