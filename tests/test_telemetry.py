@@ -99,6 +99,7 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
             "state": "unknown",
             "last_ok": None,
             "last_error": None,
+            "connects": "unknown",
         },
         "cache": health["cache"],
     }
@@ -109,6 +110,7 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
     assert (body["pool"]["in_use"], body["pool"]["idle"], body["pool"]["waiting"]) == (0, 1, 0)
     # What the first connection read back: the protections hold on a direct connection.
     assert body["database"]["state"] == "ok" and body["database"]["last_error"] is None
+    assert body["database"]["connects"] == "ok"
     assert {k: body["database"][k] for k in ("transaction_pooler", "session")} == {
         "transaction_pooler": None,
         "session": {
