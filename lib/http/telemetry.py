@@ -22,6 +22,8 @@ from typing import Any
 
 import flask
 
+from lib.postgres import connect_time
+
 # Trace headers come from the client as much as from Google's front end: anything that is
 # not exactly one of these shapes is ignored (the request is logged without a trace).
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
@@ -31,10 +33,13 @@ _MAX_SPAN_ID = 2**64 - 1
 
 @dataclass
 class Stats:
-    """What one request did; filled in by the engine and the query as it runs."""
+    """What one request did; filled in by the engine and the query as it runs. Made once per
+    request, in its context: its connect time (lib/postgres/connect_time.py) is recorded
+    from then on."""
 
     started: float = field(default_factory=time.perf_counter)
-    pool_wait_ms: float = 0.0
+    pool_wait_ms: float = 0.0  # checkouts, connects included
+    connects: connect_time.ConnectTime = field(default_factory=connect_time.begin)
     query_ms: float = 0.0
     queries: int = 0
     rows: int = 0
@@ -48,6 +53,22 @@ class Stats:
     @property
     def truncated(self) -> bool:
         return self.cut is not None
+
+    @property
+    def connect_ms(self) -> float:
+        """In this request's own connect attempts."""
+        return self.connects.connect_ms
+
+    @property
+    def connect_wait_ms(self) -> float:
+        """Waiting for another request's connect attempt to end (lib/postgres/gate.py)."""
+        return self.connects.wait_ms
+
+    @property
+    def pool_ms(self) -> float:
+        """Waiting for the pool itself: checkouts less the connects inside them (a failed
+        checkout adds nothing to pool_wait_ms, so this never goes below 0)."""
+        return max(self.pool_wait_ms - self.connect_ms - self.connect_wait_ms, 0.0)
 
 
 _current: contextvars.ContextVar[Stats] = contextvars.ContextVar("request_stats")
@@ -83,7 +104,13 @@ def trace_fields(headers: Any, project: str | None) -> dict[str, str]:
 
 
 def server_timing(stats: Stats) -> str:
-    timing = f"pool;dur={stats.pool_wait_ms:.2f}, db;dur={stats.query_ms:.2f}"
+    """pool, connect and connect_wait (each only when spent), db: phases that add up."""
+    timing = f"pool;dur={stats.pool_ms:.2f}"
+    if stats.connect_ms:
+        timing += f", connect;dur={stats.connect_ms:.2f}"
+    if stats.connect_wait_ms:
+        timing += f", connect_wait;dur={stats.connect_wait_ms:.2f}"
+    timing += f", db;dur={stats.query_ms:.2f}"
     return timing + (f", cache;desc={stats.cache}" if stats.cache else "")
 
 
@@ -148,7 +175,9 @@ def emit(
             )[0][:100],
             "protocol": request.environ.get("SERVER_PROTOCOL", ""),
         },
-        "pool_wait_ms": round(stats.pool_wait_ms, 3),
+        "pool_wait_ms": round(stats.pool_ms, 3),
+        "connect_ms": round(stats.connect_ms, 3),
+        "connect_wait_ms": round(stats.connect_wait_ms, 3),
         "query_ms": round(stats.query_ms, 3),
         "queries": stats.queries,
         "rows": stats.rows,
