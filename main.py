@@ -10,7 +10,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from lib import config
-from lib.http import cors, telemetry
+from lib.http import cors, health_lane, telemetry
 from lib.http import render as responses
 from lib.listing.cached import CachedListings
 from lib.listing.paging import PageRequest
@@ -18,6 +18,7 @@ from lib.postgres.database import Database
 from lib.postgres.watch import Watch
 
 telemetry.configure_logging()
+health_lane.install()  # under gunicorn, /healthz waits for no request thread
 SETTINGS = config.load_or_exit()
 DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=0) per process
 LISTINGS = CachedListings(SETTINGS)  # this process's response cache (docs/cache.md)
