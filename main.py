@@ -10,11 +10,12 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from lib import config
-from lib.http import cors, render, request, telemetry
+from lib.http import cors, health_lane, render, request, telemetry
 from lib.listing.cached import CachedListings
 from lib.postgres.database import Database
 
 telemetry.configure_logging()
+health_lane.install()  # under gunicorn, /healthz waits for no request thread
 SETTINGS = config.load_or_exit()
 DB = Database(SETTINGS)  # module-global: one engine (pool_size=5, max_overflow=0) per process
 LISTINGS = CachedListings(SETTINGS)  # this process's response cache (docs/cache.md)

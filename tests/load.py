@@ -33,13 +33,15 @@ class Answer:
 @dataclass
 class Load:
     """`clients` keep-alive connections sending GETs until stopped, or until each has sent
-    `requests` (bounded in count and time either way)."""
+    `requests` (bounded in count and time either way); after an answer other than 200 each
+    pauses `pause` s, as a client honouring Retry-After would, briefly."""
 
     base: str
     clients: int = 8
     path: str = "/"
     requests: int = 100_000
     timeout: float = 30
+    pause: float = 0.02
     answers: list[Answer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -88,5 +90,5 @@ class Load:
             with self._lock:
                 self.answers.append(answer)
             if status != 200:
-                time.sleep(0.02)  # as a client honouring Retry-After would, briefly
+                time.sleep(self.pause)
         conn.close()

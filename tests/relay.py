@@ -1,5 +1,6 @@
 """The one TCP relay of the tests: 127.0.0.1:<port> -> the test PostgreSQL, two threads a
-connection. The chaos suite makes it the faulty network (delay, black hole, resets); the TLS
+connection. The chaos suite makes it the faulty network (delay, black hole, resets); the
+outage tests count the connects it sees and make it a database that wakes (hold); the TLS
 tests make it a TLS-enabled PostgreSQL's front door (the wheel's server has no TLS)."""
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import time
 
 class Relay:
     """Relays every connection to `upstream`. Modes: pass, delay (seconds a chunk),
-    blackhole (swallow everything), reset (RST every connection, new ones too)."""
+    blackhole (swallow everything), reset (RST every connection, new ones too), hold (a
+    database waking: a new connection is accepted, and relayed only once `hold`'s moment
+    has come). `accepted` is when each connection came, as the server would see it."""
 
     def __init__(self, upstream: tuple[str, int], unix_path: str | None = None) -> None:
         self.upstream = upstream
         self.mode, self.delay = "pass", 0.0
+        self.until = 0.0  # hold: monotonic time from which connections are relayed
+        self.accepted: list[float] = []  # monotonic
         if unix_path is None:
             self._listener = socket.create_server(("127.0.0.1", 0))
             self.port = self._listener.getsockname()[1]
@@ -39,6 +44,12 @@ class Relay:
                     _reset(sock)
                 self._sockets.clear()
 
+    def hold(self, seconds: float) -> None:
+        """Hold every connection that arrives in the next `seconds` until they have passed,
+        then relay it (a login that waits for a database to wake); later ones pass at once."""
+        self.until = time.monotonic() + seconds
+        self.mode = "hold"
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()
@@ -55,12 +66,15 @@ class Relay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted.append(time.monotonic())
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
         if self.mode == "reset":
             _reset(client)
             return
+        if self.mode == "hold":
+            time.sleep(max(self.until - time.monotonic(), 0))
         try:
             client, first = self.open(client)
             upstream = socket.create_connection(self.upstream, timeout=5)

@@ -8,6 +8,8 @@ translates the driver's."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from lib.errors import ConnectionLost, ServerError
@@ -148,13 +150,19 @@ def test_a_misconfiguration_is_never_tried_again(source, code, message, fix):
     assert not may_pass(server_error(code, message))
 
 
-def test_what_else_is_tried_again():
+def test_what_else_is_waited_for_and_what_is_down():
     starting = server_error("57P03", "the database system is starting up")
     assert STATUS[classify(starting).code] == 503 and may_pass(starting)
     assert may_pass(server_error("57P03", "the database system is not accepting connections"))
-    assert may_pass(ConnectionRefusedError(111, "Connection refused"))
-    assert may_pass(FileNotFoundError(2, "No such file or directory"))  # no Unix socket yet
-    # Outages that spent the budget already, or are not known to pass soon: answered at once.
+    # Down: nothing there, or no answer in time: a 503 at once until the next attempt is due.
+    for down in (
+        ConnectionRefusedError(111, "Connection refused"),
+        FileNotFoundError(2, "No such file or directory"),  # no Unix socket
+        OSError(113, "No route to host"),
+        socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ):
+        assert STATUS[classify(down).code] == 503 and not may_pass(down), down
     assert not may_pass(TimeoutError("timed out"))
     assert not may_pass(server_error("53300", "sorry, too many clients already"))
     assert not may_pass(server_error("28P01", 'password authentication failed for user "u"'))

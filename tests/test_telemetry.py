@@ -103,6 +103,7 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
             "state": "unknown",
             "last_ok": None,
             "last_error": None,
+            "connects": "unknown",
         },
         "cache": health["cache"],
     }
@@ -113,6 +114,7 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
     assert (body["pool"]["in_use"], body["pool"]["idle"], body["pool"]["waiting"]) == (0, 1, 0)
     # What the first connection read back: the protections hold on a direct connection.
     assert body["database"]["state"] == "ok" and body["database"]["last_error"] is None
+    assert body["database"]["connects"] == "ok"
     assert {k: body["database"][k] for k in ("transaction_pooler", "session")} == {
         "transaction_pooler": None,
         "session": {
@@ -164,3 +166,15 @@ def test_malformed_or_oversized_trace_headers_are_ignored():
             assert fields["logging.googleapis.com/spanId"] == "f" * 16
         else:
             assert fields == expected, header
+
+
+def test_server_timing_has_a_phase_for_connects_and_for_waiting_on_another_requests():
+    stats = telemetry.Stats(pool_wait_ms=12.0, query_ms=1.5)
+    assert telemetry.server_timing(stats) == "pool;dur=12.00, db;dur=1.50"
+    stats.connects.connect_ms, stats.connects.wait_ms = 4.0, 7.5
+    assert telemetry.server_timing(stats) == (
+        "pool;dur=0.50, connect;dur=4.00, connect_wait;dur=7.50, db;dur=1.50"
+    )
+    failed = telemetry.Stats()  # a checkout that failed adds nothing to pool_wait_ms
+    failed.connects.wait_ms = 800.0
+    assert telemetry.server_timing(failed) == "pool;dur=0.00, connect_wait;dur=800.00, db;dur=0.00"

@@ -12,14 +12,14 @@ from __future__ import annotations
 import random
 import socket
 import struct
-import time
+from collections.abc import Callable
 from typing import Any
 
 from lib.database_url.lexer import wire
 from lib.database_url.uri import DatabaseUrl, Host, Keepalives
 from lib.errors import ConnectMayPass, ConnectMisconfigured
 from lib.postgres import driver
-from lib.postgres.diagnosis import describe, may_pass, misconfiguration, sqlstate
+from lib.postgres.diagnosis import describe, misconfiguration, sqlstate
 from lib.postgres.session import Session
 
 # Host names that resolved at least once in this process: a name that never did is a typo
@@ -65,51 +65,27 @@ def _utf8(text: str) -> bool:
     return True
 
 
-# Connecting again while a database wakes (scale to zero, a restart) or its pooler is full:
-# at most this many attempts, each wait twice the last (from the first to the longest, half
-# of it random), all within the connect budget.
-_CONNECT_ATTEMPTS = 10
-_FIRST_WAIT_S, _LONGEST_WAIT_S = 0.1, 2.0
-_LAST_TRY_S = 0.1  # no attempt starts with less of the budget left than this
-
-
 def connect(
     url: DatabaseUrl,
     *,
     timeout: float,
     application_name: str | None = None,
     session: Session | None = None,
+    accepted: Callable[[], None] | None = None,
 ) -> driver.Connection:
     """A connection to the first host of the URL that answers and matches
-    target_session_attrs (libpq's order; shuffled with load_balance_hosts=random).
+    target_session_attrs (libpq's order; shuffled with load_balance_hosts=random), each host
+    within `timeout`; otherwise why each failed (several as one error).
 
-    `timeout` (DB_CONNECT_TIMEOUT) is the budget. When every host failed with what may pass
-    by itself (failures.may_pass: a server starting up, nothing listening yet, a pooler full
-    or waking its database), the hosts are tried again after an exponential back-off with
-    jitter, until one serves or the budget or the attempts are spent: then the last failures
-    are raised. A misconfiguration is raised at once."""
-    deadline = time.monotonic() + timeout
-    for attempt in range(_CONNECT_ATTEMPTS):
-        failures: list[tuple[Host, BaseException]] = []
-        left = max(deadline - time.monotonic(), _LAST_TRY_S)
-        conn = _first_host(url, left, application_name, session, failures)
-        if conn is not None:
-            return conn
-        wait = _backoff(attempt, deadline - time.monotonic() - _LAST_TRY_S)
-        if wait is None or not all(may_pass(exc) for _, exc in failures):
-            break
-        time.sleep(wait)
-    raise _no_host(failures)
-
-
-def _backoff(attempt: int, room: float) -> float | None:
-    """The wait after attempt `attempt` (from 0) failed: doubling from _FIRST_WAIT_S up to
-    _LONGEST_WAIT_S, its second half random (instances that failed together come back apart),
-    cut to the `room` left in the budget. None when the attempts or the budget are spent."""
-    if attempt + 1 >= _CONNECT_ATTEMPTS or room <= 0:
-        return None
-    ceiling = min(_FIRST_WAIT_S * 2**attempt, _LONGEST_WAIT_S)
-    return min(ceiling / 2 + random.uniform(0, ceiling / 2), room)  # noqa: S311 - jitter
+    One pass: trying again, and waiting for a database that wakes, is the caller's
+    (lib/postgres/gate.py, with lib/postgres/backoff.py's waits). `accepted` is called when a
+    host has accepted the connection, before the login: a server that is slow from there on
+    is on its way, not absent."""
+    failures: list[tuple[Host, BaseException]] = []
+    conn = _first_host(url, timeout, application_name, session, failures, accepted)
+    if conn is None:
+        raise _no_host(failures)
+    return conn
 
 
 def _first_host(
@@ -118,6 +94,7 @@ def _first_host(
     application_name: str | None,
     session: Session | None,
     failures: list[tuple[Host, BaseException]],
+    accepted: Callable[[], None] | None,
 ) -> driver.Connection | None:
     """One pass over the URL's hosts: the first that serves, or None with why each failed
     appended to `failures`."""
@@ -130,7 +107,7 @@ def _first_host(
             if any(h == host and not _is_mismatch(e) for h, e in failures):
                 continue  # it failed to connect in the first pass: don't wait on it again
             try:
-                conn = _connect_host(url, host, timeout, application_name, session)
+                conn = _connect_host(url, host, timeout, application_name, session, accepted)
             except Exception as exc:  # noqa: BLE001 - the next host may answer
                 failures.append((host, exc))
                 continue
@@ -148,12 +125,15 @@ def _connect_host(
     timeout: float,
     application_name: str | None,
     session: Session | None,
+    accepted: Callable[[], None] | None,
 ) -> driver.Connection:
     """Log in to one host; again without our settings if a pooler refused them, and (libpq's
     sslmode=allow) again over TLS if the server refused the plaintext login."""
     encrypt = url.sslmode != "allow"
     for attempt in range(3):
         sock = _open_socket(host, timeout, url.keepalives)
+        if accepted is not None:
+            accepted()
         try:
             if encrypt and not host.socket_path and url.ssl_context is not None:
                 sock = _start_tls(sock, url, host)

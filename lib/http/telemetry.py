@@ -52,7 +52,13 @@ def trace_fields(headers: Any, project: str | None) -> dict[str, str]:
 
 
 def server_timing(stats: Stats) -> str:
-    timing = f"pool;dur={stats.pool_wait_ms:.2f}, db;dur={stats.query_ms:.2f}"
+    """pool, connect and connect_wait (each only when spent), db: phases that add up."""
+    timing = f"pool;dur={stats.pool_ms:.2f}"
+    if stats.connect_ms:
+        timing += f", connect;dur={stats.connect_ms:.2f}"
+    if stats.connect_wait_ms:
+        timing += f", connect_wait;dur={stats.connect_wait_ms:.2f}"
+    timing += f", db;dur={stats.query_ms:.2f}"
     return timing + (f", cache;desc={stats.cache}" if stats.cache else "")
 
 
@@ -116,7 +122,9 @@ def emit(
             )[0][:100],
             "protocol": request.environ.get("SERVER_PROTOCOL", ""),
         },
-        "pool_wait_ms": round(stats.pool_wait_ms, 3),
+        "pool_wait_ms": round(stats.pool_ms, 3),
+        "connect_ms": round(stats.connect_ms, 3),
+        "connect_wait_ms": round(stats.connect_wait_ms, 3),
         "query_ms": round(stats.query_ms, 3),
         "queries": stats.queries,
         "pages": stats.pages,

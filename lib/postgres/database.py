@@ -24,8 +24,9 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from lib.config import Settings
 from lib.database_url import connect as connect_url
 from lib.errors import ConnectionLost, PoolBusy
-from lib.postgres import driver
+from lib.postgres import backoff, driver
 from lib.postgres.diagnosis import is_disconnect
+from lib.postgres.gate import Gate, Refusal
 from lib.postgres.last_known import LastKnown
 from lib.postgres.session import Session
 
@@ -61,6 +62,7 @@ class Database:
         # lib.connectors.cloud_sql.CloudSqlConnect or lib.connectors.alloydb.AlloyDbConnect,
         # imported lazily
         self._cloud_sql: Any = None
+        self._gate: Gate | None = None  # the connect gate of whichever path, once built
         # When a connection was last found dead: pooled ones idle since then are checked first.
         self._lost_at = 0.0
         self._waiting = 0  # requests inside checkout(), for pool_state()
@@ -84,22 +86,29 @@ class Database:
         """A pooled DB-API connection, to hand back with `release`.
 
         Waits at most DB_POOL_TIMEOUT (then sqlalchemy's TimeoutError), and not at all when
-        DB_MAX_WAITING requests already wait (PoolBusy): shedding load beats queueing it.
+        DB_MAX_WAITING requests already wait (PoolBusy): shedding load beats queueing it. Nor
+        while the database is down and no pooled connection is idle: the gate's Refusal then
+        answers at once, without taking a place in the pool's queue.
         """
         self._admission.enter()
         with self._lock:
             self._waiting += 1
         try:
-            return self.engine().raw_connection()
+            engine = self.engine()
+            pool: Any = engine.pool  # QueuePool
+            gate = self._gate
+            if gate is not None and not pool.checkedin() and gate.refusing():
+                raise gate.refusal()
+            return engine.raw_connection()
         except BaseException as exc:
             self._admission.leave()
-            if isinstance(exc, Exception):
-                self.last_known.failed(exc)
-            cloud_sql = self._cloud_sql
-            if isinstance(exc, PoolTimeout) and cloud_sql is not None and not cloud_sql.healthy:
+            if isinstance(exc, Exception) and not isinstance(exc, Refusal):
+                self.last_known.failed(exc)  # a refusal repeats a failure already noted
+            gate = self._gate
+            if isinstance(exc, PoolTimeout) and gate is not None and not gate.healthy:
                 # The slots were held by connects that fail or hang, not by busy
                 # connections: answer the connect failure, not "pool exhausted".
-                raise cloud_sql.refusal()  # noqa: B904 - its __cause__ is the connect failure
+                raise gate.refusal()  # noqa: B904 - its __cause__ is the connect failure
             raise
         finally:
             with self._lock:
@@ -152,6 +161,7 @@ class Database:
             if self._cloud_sql is not None:
                 self._cloud_sql.close()
                 self._cloud_sql = None
+            self._gate = None
 
     def _forget_parent(self) -> None:
         """In a forked child: drop the parent's pool without touching its sockets."""
@@ -160,6 +170,7 @@ class Database:
             self._engine.dispose(close=False)
         self._engine = None
         self._cloud_sql = None  # its event-loop thread did not survive the fork
+        self._gate = None
         self.session = Session(self.settings)
         self.last_known = LastKnown()
 
@@ -176,23 +187,33 @@ class Database:
             )
 
             creator = self._cloud_sql = CloudSqlConnect(s.cloud_sql, driver_args, s.connect_timeout)
+            self._gate = creator.gate
         elif s.alloydb is not None:
             from lib.connectors.alloydb import (
                 AlloyDbConnect,  # imports the connector: only on this path
             )
 
             creator = self._cloud_sql = AlloyDbConnect(s.alloydb, driver_args, s.connect_timeout)
+            self._gate = creator.gate
         else:
             url, session = s.url, self.session  # config.load sets url or cloud_sql
+            # An attempt costs the server a TCP connect or a login: one a second at most.
+            gate = self._gate = Gate("the database", longest=backoff.FIRST_S)
 
-            def creator() -> driver.Connection:
+            def attempt(deadline: float, accepted: Any) -> driver.Connection:
                 return connect_url.connect(
                     url,
-                    timeout=s.connect_timeout,
+                    timeout=deadline - time.monotonic(),
                     application_name=s.application_name,
                     session=session,
+                    accepted=accepted,
                 )
 
+            def creator() -> driver.Connection:
+                return gate.connect(attempt, s.connect_timeout)
+
+        if self._gate is not None:
+            self.last_known.connects = self._gate.state
         engine = create_engine(driver.DIALECT, creator=creator, **self._pool_args())
         self._listen(engine)
         return engine

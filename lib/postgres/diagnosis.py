@@ -8,8 +8,8 @@ forever. Which HTTP status each code gets is the edge's business (lib/http/statu
 pooler's or proxy's own errors are read by their message (lib/postgres/pooler_messages.py).
 
 Only our own exceptions (lib/errors.py) are read here: `causes` has lib/postgres/driver.py
-translate the driver's. The edge answers what `classify` returns; lib/database_url/connect.py
-retries what `may_pass`.
+translate the driver's. The edge answers what `classify` returns; lib/postgres/gate.py waits
+for a database that `may_pass` says is waking, and answers at once while it is down.
 """
 
 from __future__ import annotations
@@ -145,20 +145,21 @@ def _pooler_busy(exc: BaseException) -> bool:
 
 
 def may_pass(exc: BaseException) -> bool:
-    """Is a failed connect worth trying again at once (within the connect budget)? Yes for a
-    server starting up (57P03), nothing listening yet (refused; no Unix socket yet), a pooler
-    full or waking its database; never for a misconfiguration. Other outages (timeouts,
-    resets) already spent their time or are not known to pass soon: they are answered."""
+    """Does a failed connect say the database is on its way, so that requests wait for the
+    next attempt within their connect budget? Yes for a server starting up (57P03), a pooler
+    full or waking its database (Neon's wake); never for a misconfiguration. A database that
+    is not there (refused, no Unix socket, no route, a DNS failure, a reset) or did not answer
+    in time is down: answered at once until the next attempt is due."""
     if misconfiguration(exc) is not None:
         return False
     if _pooler_busy(exc):
         return True
-    for cause in causes(exc):
-        if isinstance(cause, ConnectionRefusedError | FileNotFoundError):
-            return True
-        if isinstance(cause, ServerError) and cause.sqlstate == _STARTING:
-            return True
-    return False
+    return any(isinstance(c, ServerError) and c.sqlstate == _STARTING for c in causes(exc))
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Did this fail by running out of time (a connect, a login, a read)?"""
+    return any(isinstance(c, TimeoutError) for c in causes(exc))
 
 
 def classify(exc: BaseException) -> Failure:

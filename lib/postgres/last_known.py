@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,8 @@ class LastKnown:
         self._lock = threading.Lock()
         self._ok_at: float | None = None
         self._error: tuple[float, str, str] | None = None  # when, code, description
+        # The connect gate's view (lib/postgres/gate.py), once the engine has one.
+        self.connects: Callable[[], dict[str, Any]] | None = None
 
     def ok(self) -> None:
         self._ok_at = time.time()
@@ -35,7 +38,8 @@ class LastKnown:
 
     def state(self) -> dict[str, Any]:
         """`state`: "ok" (the last statement succeeded), "failing" (the last thing the
-        database did was fail) or "unknown" (nothing yet)."""
+        database did was fail) or "unknown" (nothing yet); `connects`: "ok", "waking", "down"
+        or "unknown", with `next_attempt_in_s` while connects fail."""
         with self._lock:
             ok_at, error = self._ok_at, self._error
         if error is not None and (ok_at is None or error[0] > ok_at):
@@ -45,4 +49,5 @@ class LastKnown:
         last_error = None
         if error is not None:
             last_error = {"at": _iso(error[0]), "code": error[1], "detail": error[2][:500]}
-        return {"state": state, "last_ok": _iso(ok_at), "last_error": last_error}
+        connects = self.connects() if self.connects else {"connects": "unknown"}
+        return {"state": state, "last_ok": _iso(ok_at), "last_error": last_error, **connects}
