@@ -116,6 +116,8 @@ class Settings:
     client_idle_timeout: float = 30.0  # CLIENT_IDLE_TIMEOUT: a client reading nothing is cut
     max_response_bytes: int | None = None  # RESPONSE_MAX_BYTES; None = no limit
     cors_origins: tuple[str, ...] = ()  # CORS_ALLOWED_ORIGINS: exact origins, ("*",), or none
+    # DB_MAX_REPLICA_LAG: a standby lagging more is passed over; None = never
+    max_replica_lag: float | None = 30.0
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -159,6 +161,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         "client_idle_timeout": _float(env, "CLIENT_IDLE_TIMEOUT", 30.0),
         "cors_origins": _origins(env.get("CORS_ALLOWED_ORIGINS", "")),
         "max_response_bytes": _max_response_bytes(env),
+        "max_replica_lag": _max_replica_lag(env),
         "workers": _int(env, "WORKERS", 1, minimum=1),
         "fleet_max_instances": _int(env, "FLEET_MAX_INSTANCES", None, minimum=1),
         "project": env.get("GOOGLE_CLOUD_PROJECT", "").strip()
@@ -319,6 +322,14 @@ def _max_response_bytes(env: Mapping[str, str]) -> int | None:
     Run (K_SERVICE is set there), else none."""
     default = CLOUD_RUN_MAX_BYTES if env.get("K_SERVICE", "").strip() else 0
     return _int(env, "RESPONSE_MAX_BYTES", default, minimum=0) or None
+
+
+def _max_replica_lag(env: Mapping[str, str]) -> float | None:
+    """DB_MAX_REPLICA_LAG: seconds (30 when unset), or off/0 to read from standbys however
+    far behind they are (docs/configuration.md says why it is on)."""
+    if env.get("DB_MAX_REPLICA_LAG", "").strip().lower() in ("off", "0"):
+        return None
+    return _float(env, "DB_MAX_REPLICA_LAG", 30.0)
 
 
 def _origins(raw: str) -> tuple[str, ...]:

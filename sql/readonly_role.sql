@@ -20,3 +20,9 @@ GRANT SELECT (id, email, name, created_at) ON users TO users_reader;
 -- per connection: the role carries them instead (the function warns about each one that is off).
 ALTER ROLE users_reader SET statement_timeout = '10s';
 ALTER ROLE users_reader SET idle_in_transaction_session_timeout = '10s';
+-- Optional, with read replicas: lets the replica-lag check (DB_MAX_REPLICA_LAG) read the WAL
+-- receiver's status, so a receiver that runs but is not streaming counts as disconnected.
+-- Without it only the receiver's presence is visible (docs/configuration.md#replica-lag).
+-- It also shows the role every session's query text in pg_stat_activity: grant it only if
+-- that is acceptable.
+-- GRANT pg_read_all_stats TO users_reader;

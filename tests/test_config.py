@@ -277,3 +277,17 @@ def test_unix_socket_url_serves_users(admin, postgres, make_app):
     response = make_app(DATABASE_URL=url).test_client().get("/")
     assert response.status_code == 200
     assert response.get_json()["users"][0]["email"] == "a@example.com"
+
+
+@pytest.mark.parametrize(
+    ("raw", "lag"), [("", 30.0), ("2.5", 2.5), ("off", None), ("0", None), (" OFF ", None)]
+)
+def test_max_replica_lag(raw, lag):
+    env = {"DATABASE_URL": "postgresql://u@h/d", "DB_MAX_REPLICA_LAG": raw}
+    assert load(env).max_replica_lag == lag
+
+
+def test_max_replica_lag_must_be_seconds():
+    env = {"DATABASE_URL": "postgresql://u@h/d", "DB_MAX_REPLICA_LAG": "soon"}
+    with pytest.raises(ConfigError, match="not a number of seconds"):
+        load(env)

@@ -100,6 +100,12 @@ def test_healthz_reports_the_pool_without_connecting(admin, make_app):
         "database": {
             "transaction_pooler": None,
             "session": None,
+            "replicas": {
+                "max_lag_s": 30.0,
+                "check_interval_s": 1.0,
+                "standby_lag_s": {},
+                "passed_over": {},
+            },
             "state": "unknown",
             "last_ok": None,
             "last_error": None,

@@ -34,6 +34,7 @@ from lib.connectors.iam import ALLOYDB, IamUser, login_refusal, runtime_user
 from lib.connectors.instances import Instances
 from lib.errors import ConfigError
 from lib.postgres import driver
+from lib.postgres.replicas import Replicas
 
 
 class AlloyDbConnect(GatedConnect):
@@ -41,7 +42,9 @@ class AlloyDbConnect(GatedConnect):
 
     label = "AlloyDB"
 
-    def __init__(self, ad: AlloyDb, driver_args: dict[str, Any], timeout: float) -> None:
+    def __init__(
+        self, ad: AlloyDb, driver_args: dict[str, Any], timeout: float, replicas: Replicas
+    ) -> None:
         self._ad = ad
         self._driver_args = driver_args
         credentials = None
@@ -67,7 +70,7 @@ class AlloyDbConnect(GatedConnect):
             ) from exc
         # Connects in flight, including those given up on (the connector cannot cancel).
         self._threads = ThreadPoolExecutor(thread_name_prefix="alloydb-connect")
-        super().__init__(Instances(ad.instances, ad.target_session_attrs), timeout)
+        super().__init__(Instances(ad.instances, ad.target_session_attrs, replicas), timeout)
 
     def close(self) -> None:
         """Close the Connector (its event loop and gRPC channel)."""

@@ -39,6 +39,7 @@ from lib.connectors.iam import IamUser, login_refusal, runtime_user
 from lib.connectors.instances import Instances
 from lib.errors import ConfigError
 from lib.postgres import driver
+from lib.postgres.replicas import Replicas
 
 
 class CloudSqlConnect(GatedConnect):
@@ -46,7 +47,9 @@ class CloudSqlConnect(GatedConnect):
 
     label = "Cloud SQL"
 
-    def __init__(self, cs: CloudSql, driver_args: dict[str, Any], timeout: float) -> None:
+    def __init__(
+        self, cs: CloudSql, driver_args: dict[str, Any], timeout: float, replicas: Replicas
+    ) -> None:
         self._cs = cs
         self._driver_args = driver_args
         self._loop = asyncio.new_event_loop()
@@ -80,7 +83,7 @@ class CloudSqlConnect(GatedConnect):
                 "no Google credentials found: run as a service account (Cloud Run does) "
                 "or point this at a service-account key file",
             ) from exc
-        super().__init__(Instances(cs.instances, cs.target_session_attrs), timeout)
+        super().__init__(Instances(cs.instances, cs.target_session_attrs, replicas), timeout)
 
     def close(self) -> None:
         """Close the Connector (its HTTP session) and stop the event loop's thread."""

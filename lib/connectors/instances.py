@@ -18,7 +18,6 @@ the whole DB_CONNECT_TIMEOUT of a request that another could serve.
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -30,8 +29,7 @@ from lib.errors import ConnectMayPass, ConnectMisconfigured
 from lib.postgres import driver
 from lib.postgres.backoff import next_interval
 from lib.postgres.diagnosis import describe, misconfiguration
-
-log = logging.getLogger(__name__)
+from lib.postgres.replicas import Replicas, is_standby
 
 Connect = Callable[[str, float], Any]  # (instance, deadline) -> an open DB-API connection
 
@@ -42,14 +40,18 @@ class _Health:
     failed_at: float = 0.0
     retry_at: float = 0.0  # passed over until then, unless no other instance answers
     interval: float = 0.0
+    claimed: bool = False  # one connect holds its retry; the others pass it over meanwhile
 
 
 class Instances:
     """The instances of one INSTANCE_CONNECTION_NAME and what this process learned of them."""
 
-    def __init__(self, names: tuple[str, ...], target_session_attrs: str) -> None:
+    def __init__(
+        self, names: tuple[str, ...], target_session_attrs: str, replicas: Replicas | None = None
+    ) -> None:
         self.names = names
         self.attrs = target_session_attrs
+        self.replicas = replicas or Replicas(None)
         self._lock = threading.Lock()
         self._health = {name: _Health() for name in names}
 
@@ -57,31 +59,44 @@ class Instances:
         """A connection to the first instance in `order()` that opens and matches; otherwise
         the failures, raised as one (its `__cause__` is what decides the status)."""
         failures: list[tuple[str, BaseException]] = []
+        lagging: list[str] = []
         failed: set[str] = set()
-        order, resting = self.order()
+        order, resting, claimed = self.order()
         passes = self._passes()
-        for wanted in passes:
-            for i, name in enumerate(order):
-                if name in failed:
-                    continue
-                if wanted != passes[-1] and (name in resting or self._role(name) is False):
-                    continue  # resting, or a known primary: only the last pass comes to it
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                share = 1 + len([n for n in order[i + 1 :] if n not in failed])
-                try:
-                    conn = connect(name, time.monotonic() + left / share)
-                except Exception as exc:  # noqa: BLE001 - the next instance may answer
-                    self._failed(name, exc)
-                    failed.add(name)
-                    failures.append((name, exc))
-                    continue
-                if self._matches(name, conn, wanted):
-                    self._served(name)
-                    return conn
-                driver.close_quietly(conn)
-        raise self._no_instance(failures, wanted=passes[-1])
+        try:
+            for wanted in passes:
+                for i, name in enumerate(order):
+                    if name in failed:
+                        continue
+                    if name in resting and (wanted != passes[-1] or self._claimed(name)):
+                        continue  # only the last pass comes to it, unless another holds its retry
+                    if wanted != passes[-1] and self._role(name) is False:
+                        continue  # a known primary: only the last pass comes to it
+                    if self.replicas.passed_over(name) is not None:
+                        continue  # lagging, and not yet due for another check
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    share = 1 + len([n for n in order[i + 1 :] if n not in failed])
+                    try:
+                        conn = connect(name, time.monotonic() + left / share)
+                    except Exception as exc:  # noqa: BLE001 - the next instance may answer
+                        self._failed(name, exc)
+                        failed.add(name)
+                        failures.append((name, exc))
+                        continue
+                    if self._matches(name, conn, wanted):
+                        fallback = len(passes) > 1 and wanted == passes[-1]
+                        lags = self.replicas.admit(conn, name, fallback)
+                        if lags is None:
+                            self._served(name)
+                            return conn
+                        lagging.append(f"{name}: {lags}")
+                        failed.add(name)
+                    driver.close_quietly(conn)
+        finally:
+            self._release(claimed)
+        raise self._no_instance(failures, wanted=passes[-1], lagging=lagging)
 
     def _passes(self) -> list[str]:
         """prefer-standby is libpq's two passes: standbys, then any. One instance: no choice."""
@@ -89,24 +104,49 @@ class Instances:
             return ["any"] if len(self.names) == 1 else ["standby", "any"]
         return [self.attrs]
 
-    def order(self) -> tuple[list[str], set[str]]:
-        """Random order; then those known to be of the unwanted role; last, those resting in
-        their back-off interval (in the order they failed). And which are resting."""
+    def order(self) -> tuple[list[str], set[str], set[str]]:
+        """The order to try: first an instance whose back-off interval just ended, its retry
+        claimed by this connect alone (`claimed`: the others pass it over until the retry's
+        outcome is known, so concurrent connects make one attempt, not one each); then the
+        rest at random, those known to be of the unwanted role after the others; last, those
+        resting in their back-off interval or whose retry another connect holds (`resting`),
+        in the order they failed."""
         names = list(self.names)
         random.shuffle(names)
         now = time.monotonic()
         wants_standby = self.attrs != "primary"
-
-        def rank(name: str) -> tuple[bool, float, bool]:
-            health = self._health[name]
-            resting = health.retry_at > now
-            unwanted = self.attrs != "any" and health.standby not in (None, wants_standby)
-            return resting, health.failed_at if resting else 0.0, unwanted
-
         with self._lock:
+            claimed = set()
+            for name in names:
+                health = self._health[name]
+                if health.interval and health.retry_at <= now and not health.claimed:
+                    health.claimed = True
+                    claimed.add(name)
+            resting = {
+                n for n in names if self._health[n].retry_at > now or self._health[n].claimed
+            } - claimed
+
+            def rank(name: str) -> tuple[bool, bool, float, bool]:
+                health = self._health[name]
+                unwanted = self.attrs != "any" and health.standby not in (None, wants_standby)
+                return (
+                    name not in claimed,
+                    name in resting,
+                    health.failed_at if name in resting else 0.0,
+                    unwanted,
+                )
+
             names.sort(key=rank)  # stable: random within each rank
-            resting = {n for n in names if self._health[n].retry_at > now}
-        return names, resting
+        return names, resting, claimed
+
+    def _claimed(self, name: str) -> bool:
+        with self._lock:
+            return self._health[name].claimed
+
+    def _release(self, claimed: set[str]) -> None:
+        with self._lock:
+            for name in claimed:
+                self._health[name].claimed = False
 
     def _role(self, name: str) -> bool | None:
         return self._health[name].standby
@@ -122,9 +162,10 @@ class Instances:
     def _served(self, name: str) -> None:
         with self._lock:
             health = self._health[name]
-            if health.interval:
-                log.info("instance %s serves again", name)
+            was_resting = bool(health.interval)
             health.interval, health.retry_at = 0.0, 0.0
+        if was_resting:
+            self.replicas.back(name)
 
     def _failed(self, name: str, exc: BaseException) -> None:
         now = time.monotonic()
@@ -133,20 +174,18 @@ class Instances:
             health.interval = next_interval(health.interval, health.retry_at, now)
             health.failed_at, health.retry_at = now, now + health.interval
         if len(self.names) > 1:
-            log.warning(
-                "instance %s failed to connect (%s); passed over for %.0f s",
-                name,
-                describe(exc),
-                health.interval,
-            )
+            self.replicas.down(name, describe(exc), health.interval)
 
-    def _no_instance(self, failures: list[tuple[str, BaseException]], wanted: str) -> Exception:
+    def _no_instance(
+        self, failures: list[tuple[str, BaseException]], wanted: str, lagging: list[str]
+    ) -> Exception:
         """One failure as it is; several as one naming each instance, misconfigured only if
-        every one is; none (all reached, none of the wanted role) as an outage."""
+        every one is; none (all reached, none of the wanted role, or lagging) as an outage."""
         if not failures:
             return ConnectMayPass(
                 f"no instance of INSTANCE_CONNECTION_NAME is a {wanted} now "
                 f"(DB_TARGET_SESSION_ATTRS={self.attrs})"
+                + (f"; passed over: {'; '.join(lagging)}" if lagging else "")
             )
         if len(failures) == 1:
             return failures[0][1]  # type: ignore[return-value]
@@ -159,12 +198,3 @@ class Instances:
         )
         error.__cause__ = fixes[0] if misconfigured else failures[-1][1]
         return error
-
-
-def is_standby(conn: Any) -> bool:
-    """Is this connection's server a hot standby? PostgreSQL 14+ reports in_hot_standby at
-    login (no round trip); older servers are asked."""
-    reported = driver.parameter(conn, "in_hot_standby")
-    if reported is not None:
-        return reported == "on"
-    return bool(driver.fetch(conn, "SELECT pg_is_in_recovery()")[0][0])

@@ -106,12 +106,18 @@ def _first_host(
         for host in hosts:
             if any(h == host and not _is_mismatch(e) for h, e in failures):
                 continue  # it failed to connect in the first pass: don't wait on it again
+            if session is not None and (lags := session.replicas.passed_over(str(host))):
+                failures.append((host, ConnectMayPass(f"{host} {lags}")))
+                continue
             try:
                 conn = _connect_host(url, host, timeout, application_name, session, accepted)
             except Exception as exc:  # noqa: BLE001 - the next host may answer
                 failures.append((host, exc))
                 continue
             mismatch = _mismatch(conn, attrs)
+            if mismatch is None and session is not None:  # a lagging standby is passed over
+                fallback = wanted is not None and attrs == "any" and len(hosts) > 1
+                mismatch = session.replicas.admit(conn, str(host), fallback)
             if mismatch is None:
                 return conn
             conn.close()

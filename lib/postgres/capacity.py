@@ -71,6 +71,10 @@ class Plan:
                 f"admit all {fleet} when the others are down or lagging (plan with the "
                 "smallest max_connections): replicas add read capacity, not connections"
             )
+            lines.append(
+                f"every standby lagging past DB_MAX_REPLICA_LAG at once: the primary takes all "
+                f"{fleet} (prefer-standby falls back to it) until one is within the bound again"
+            )
         if self.max_instances == 0:
             lines.append(
                 "does not fit: even one instance's burst exceeds the budget. Lower DB_POOL_SIZE "

@@ -28,6 +28,7 @@ from lib.postgres import backoff, driver
 from lib.postgres.diagnosis import is_disconnect
 from lib.postgres.gate import Gate, Refusal
 from lib.postgres.last_known import LastKnown
+from lib.postgres.replicas import Replicas
 from lib.postgres.session import Session
 
 log = logging.getLogger(__name__)
@@ -186,14 +187,18 @@ class Database:
                 CloudSqlConnect,  # imports the connector: only on this path
             )
 
-            creator = self._cloud_sql = CloudSqlConnect(s.cloud_sql, driver_args, s.connect_timeout)
+            creator = self._cloud_sql = CloudSqlConnect(
+                s.cloud_sql, driver_args, s.connect_timeout, self.session.replicas
+            )
             self._gate = creator.gate
         elif s.alloydb is not None:
             from lib.connectors.alloydb import (
                 AlloyDbConnect,  # imports the connector: only on this path
             )
 
-            creator = self._cloud_sql = AlloyDbConnect(s.alloydb, driver_args, s.connect_timeout)
+            creator = self._cloud_sql = AlloyDbConnect(
+                s.alloydb, driver_args, s.connect_timeout, self.session.replicas
+            )
             self._gate = creator.gate
         else:
             url, session = s.url, self.session  # config.load sets url or cloud_sql
@@ -240,7 +245,7 @@ class Database:
             configure(dbapi_connection, record, self.session, read_timeout)
 
         def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
-            check(dbapi_connection, record, s.idle_timeout, self._lost_at)
+            check(dbapi_connection, record, s.idle_timeout, self._lost_at, self.session.replicas)
 
         event.listen(engine, "connect", on_connect)
         event.listen(engine, "checkout", on_checkout)
@@ -275,6 +280,8 @@ def configure(
     driver.set_read_timeout(dbapi_connection, read_timeout)
     session.configure(dbapi_connection)
     idle_from_now(dbapi_connection, record)
+    record.info.update(session.replicas.opened(dbapi_connection))  # its server, for check()
+    record.info["fresh"] = True  # chosen by the connect just now: check() hands it out as is
 
 
 def idle_from_now(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -282,20 +289,36 @@ def idle_from_now(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
 
 
 def check(
-    dbapi_connection: Any, record: ConnectionPoolEntry, idle_timeout: float, lost_at: float
+    dbapi_connection: Any,
+    record: ConnectionPoolEntry,
+    idle_timeout: float,
+    lost_at: float,
+    replicas: Replicas,
 ) -> None:
     """At checkout: is this pooled connection still worth handing out? Raising
-    DisconnectionError makes the pool open a new one instead."""
+    DisconnectionError makes the pool open a new one instead.
+
+    A connection opened for this very checkout is never refused: SQLAlchemy opens one new
+    connection after a refusal and gives up with "This connection is closed" (a 500) if that
+    one is refused too. The connect that opened it already chose its server."""
+    if record.info.pop("fresh", False):
+        return
     idle_since = record.info.get("idle_since", 0.0)
     idle = time.monotonic() - idle_since
     if idle_timeout and idle > idle_timeout:
         # Idle past DB_IDLE_TIMEOUT: the server may already have closed it
         # (idle_session_timeout); open a new one rather than trust this one.
         raise DisconnectionError("idle timeout")
-    if idle < PING_AFTER_IDLE_S and idle_since > lost_at:
-        return  # in steady use, and no connection found dead since: no round trip
     try:
+        # A standby's lag check (at most one per check interval) is also the ping.
+        retire, pinged = replicas.checkout(dbapi_connection, record.info)
+        if retire is not None:
+            raise DisconnectionError(retire)
+        if pinged or (idle < PING_AFTER_IDLE_S and idle_since > lost_at):
+            return  # in steady use, and no connection found dead since: no round trip
         driver.fetch(dbapi_connection, "SELECT 1")
+    except DisconnectionError:
+        raise
     except Exception as exc:
         log.warning("dropping a dead pooled connection (%s)", type(exc).__name__)
         raise DisconnectionError() from exc  # the pool retries with a new connection

@@ -21,6 +21,7 @@ from lib.errors import ConnectMisconfigured
 from lib.postgres import driver
 from lib.postgres.capacity import check_budget
 from lib.postgres.diagnosis import server_error
+from lib.postgres.replicas import Replicas
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class Session:
             self.pooler = "DB_TRANSACTION_POOLER=true"
         self.verified: dict[str, str] | None = None  # the settings as the session has them
         self._lock = threading.Lock()
+        # The servers read from: standbys' lag, those passed over (lib/postgres/replicas.py).
+        self.replicas = Replicas(settings.max_replica_lag)
 
     def wanted(self) -> dict[str, str]:
         """The protections, as PostgreSQL reports them in pg_settings (ms, on/off)."""
@@ -154,4 +157,8 @@ class Session:
         protections = None
         if self.verified is not None:
             protections = {k: self.verified.get(k) for k in self.wanted()}
-        return {"transaction_pooler": self.pooler, "session": protections}
+        return {
+            "transaction_pooler": self.pooler,
+            "session": protections,
+            "replicas": self.replicas.health(),
+        }
