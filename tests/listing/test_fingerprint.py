@@ -262,6 +262,7 @@ def test_a_schema_qualified_table(admin, postgres):
     run(admin, "DROP SCHEMA fp CASCADE")
 
 
+@pytest.mark.slow  # two interpreters, each forking
 def test_two_processes_draw_different_seeds_and_a_fork_draws_again():
     code = (
         "import os\n"
