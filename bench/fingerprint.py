@@ -38,7 +38,7 @@ def _unmixed(limit: int) -> str:
     fields = ", ".join(f"page.{c}" for c in RESOURCE.columns)
     row_hash = f"hash_record_extended(ROW({fields}), ({SEED})::int8)"
     aggregate = fingerprint._aggregate(RESOURCE, 0, limit, row_hash)
-    return f"SELECT {aggregate} || ':' || {fingerprint._types(RESOURCE)}"
+    return f"SELECT {aggregate} || ':' || {statements.served_types(RESOURCE)}"
 
 
 # name -> the statement for a page of `limit` rows (some ignore it).
@@ -58,7 +58,7 @@ STATEMENTS: dict[str, Callable[[int], str]] = {
     "rendered: hash of row_to_json text + count + next": lambda n: fingerprint.rendered_sql(
         RESOURCE, None, 0, n, SEED
     ),
-    "types alone (pg_attribute)": lambda _: "SELECT " + fingerprint._types(RESOURCE),
+    "types alone (pg_attribute)": lambda _: "SELECT " + statements.served_types(RESOURCE),
 }
 
 

@@ -142,6 +142,25 @@ def test_the_trigger_validator_ignores_other_tables_and_sees_every_write_to_user
     assert cache_of(client.get("/?limit=10")) == "miss"  # no trigger: never served from memory
 
 
+def test_the_trigger_validator_sees_a_retype_that_rewrites_nothing(
+    admin, make_app, version_trigger
+):
+    """Under UTC, timestamptz -> timestamp rewrites no row and no pg_class row, and bumps no
+    version row, yet every created_at renders differently: the served columns' types are
+    part of the trigger's token."""
+    insert_users(admin, ROWS)
+    client = make_app(PGTZ="UTC").test_client()
+    client.get("/?limit=10")
+    before = client.get("/?limit=10")
+    assert cache_of(before) == "hit"
+    admin.cursor().execute(
+        "SET TimeZone = 'UTC'; ALTER TABLE users ALTER COLUMN created_at TYPE timestamp"
+    )
+    after = client.get("/?limit=10")
+    assert cache_of(after) == "miss" and after.data != before.data
+    assert b"+00:00" in before.data and b"+00:00" not in after.data
+
+
 def test_probes_are_skipped_while_they_miss_and_resume_when_they_would_hit(
     admin, make_app, other_table
 ):

@@ -46,7 +46,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from lib.listing.statements import literal, table_name
+from lib.listing.statements import literal, served_types, table_name
 from lib.resource import Resource
 
 # Types whose extended hash tells apart every two values that render differently (for text
@@ -86,7 +86,7 @@ def content_token(resource: Resource, after: int, limit: int, seed: int) -> str:
     fields = ", ".join(f"page.{literal(c)}" for c in _selected(resource))
     row_hash = f"hashint8extended(hash_record_extended(ROW({fields}), {s}), {s})"
     aggregate = _aggregate(resource, after, limit, row_hash)
-    return f"({aggregate} || ':' || {_types(resource)})"
+    return f"({aggregate} || ':' || {served_types(resource)})"
 
 
 def rendered_sql(resource: Resource, after: int, limit: int, seed: int) -> str:
@@ -105,7 +105,7 @@ def tuples_sql(resource: Resource, after: int, limit: int, seed: int) -> str:
     row_hash = f"hashtidextended(page.ctid, page.xmin::text::int8 # {s})"
     page = (literal(resource.key), "ctid", "xmin")
     aggregate = _aggregate(resource, after, limit, row_hash, columns=page)
-    return f"SELECT {aggregate} || ':' || {_types(resource)}"
+    return f"SELECT {aggregate} || ':' || {served_types(resource)}"
 
 
 def exact_types_sql(resource: Resource) -> str:
@@ -157,16 +157,4 @@ def _aggregate(
         "LIMIT 1) IS NOT NULL)::text "
         f"FROM (SELECT {', '.join(columns)} FROM {table} WHERE {key} > {literal(after)} "
         f"ORDER BY {key} LIMIT {literal(limit)}) AS page{lateral})"
-    )
-
-
-def _types(resource: Resource) -> str:
-    """The served columns' names, types, typmods and collations, as text (a scalar
-    subquery on pg_attribute's (attrelid, attname) index)."""
-    names = ", ".join(f"'{c}'" for c in _selected(resource))
-    return (
-        "(SELECT string_agg(attname || '=' || atttypid || '/' || atttypmod || '/' || "  # noqa: S608
-        "attcollation, ',' ORDER BY attnum) FROM pg_attribute "
-        f"WHERE attrelid = '{table_name(resource)}'::regclass "
-        f"AND attname IN ({names}) AND NOT attisdropped)"
     )

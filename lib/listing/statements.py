@@ -125,6 +125,19 @@ def _budget_template(resource: Resource) -> str:
     )
 
 
+def served_types(resource: Resource) -> str:
+    """An expression: the key's and served columns' names, types, typmods and collations, as
+    text (a scalar subquery on pg_attribute's (attrelid, attname) index). It changes with an
+    ALTER that changes how a column renders, even one that rewrites no row."""
+    names = ", ".join(f"'{c}'" for c in dict.fromkeys((resource.key, *resource.columns)))
+    return (
+        "(SELECT string_agg(attname || '=' || atttypid || '/' || atttypmod || '/' || "  # noqa: S608
+        "attcollation, ',' ORDER BY attnum) FROM pg_attribute "
+        f"WHERE attrelid = '{table_name(resource)}'::regclass "
+        f"AND attname IN ({names}) AND NOT attisdropped)"
+    )
+
+
 def columns_sql(resource: Resource) -> str:
     """The names of the table's columns (none when the table does not exist)."""
     return (

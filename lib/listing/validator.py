@@ -54,13 +54,16 @@ def version_table(resource: Resource) -> str:
 def trigger_token_sql(resource: Resource) -> str:
     """The trigger validator's token: NULL (never equal, so never served from the cache)
     unless the version row exists and the trigger is enabled. The catalog rows' xmin change
-    with any ALTER TABLE or trigger change, which the version row would not see."""
+    with most ALTER TABLEs and any trigger change, which the version row would not see; the
+    served columns' types cover a retype that rewrites nothing (timestamptz to timestamp
+    under UTC changes neither pg_class nor a row, yet every value renders differently)."""
     table = statements.table_name(resource)
     return (
         f"(SELECT 'v' || v.version || ':' || c.xmin || ':' || t.xmin "  # noqa: S608 - names from Resource
         f"FROM {version_table(resource)} v, pg_class c, pg_trigger t "
         f"WHERE c.oid = '{table}'::regclass AND t.tgrelid = c.oid "
-        f"AND t.tgname = '{resource.table}_version_bump' AND t.tgenabled IN ('O', 'A'))"
+        f"AND t.tgname = '{resource.table}_version_bump' AND t.tgenabled IN ('O', 'A')) "
+        f"|| ':' || {statements.served_types(resource)}"
     )
 
 
