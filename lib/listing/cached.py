@@ -65,7 +65,7 @@ class CachedListings:
                     stats.cache = "hit"
                     if etags.matches(held, etag):  # perhaps another instance rendered it
                         return NotModified(etag)
-                    return Listed(Spool(entry.body), entry.gzip, etag, entry.next)
+                    return Listed(Spool.of(entry.body), entry.gzip, etag, entry.next)
             self.cache.count(hit=False)
             stats.cache = "miss"
         else:

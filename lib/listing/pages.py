@@ -142,7 +142,7 @@ class _Reader:
     def read(self, token_sql: str | None) -> Rendered:
         self._check_columns()
         page, limit = self.shape.page, self.shape.page.limit
-        body = Spool(_head(self.resource))
+        body = _new_body(self.resource)
         if limit is not None:  # one page, one statement
             first = self._page(page.after, limit, token_sql)
             body.write(first.json.encode())
@@ -169,7 +169,7 @@ class _Reader:
             if snapshot != first.snapshot or self.db.session.pooler is not None:
                 first = None
         if first is None:
-            body = Spool(_head(self.resource))
+            body = _new_body(self.resource)
             first = self._page(self.shape.page.after, PAGE_ROWS, token_sql, body)
         rows, last = first.rows, first
         while last.more and last.rows == PAGE_ROWS:
@@ -282,8 +282,11 @@ class _Reader:
         return result
 
 
-def _head(resource: Resource) -> bytes:
-    return ("{" + json.dumps(resource.name) + ":[").encode()
+def _new_body(resource: Resource) -> Spool:
+    """A spool holding the envelope's head: `{"users":[`."""
+    body = Spool()
+    body.write(("{" + json.dumps(resource.name) + ":[").encode())
+    return body
 
 
 def _ending(link: str) -> bytes:

@@ -29,13 +29,20 @@ MAX_BYTES = 1024 * 1024 * 1024  # the largest listing a spool takes: past it, `n
 class Spool:
     """Bytes written once, then read any number of times; with their digest for an ETag."""
 
-    def __init__(self, data: bytes = b"") -> None:
+    def __init__(self, file: io.BytesIO | None = None) -> None:
         self._file: io.BytesIO | tempfile.SpooledTemporaryFile[bytes] = (
-            io.BytesIO(data) if data else tempfile.SpooledTemporaryFile(max_size=MEMORY_BYTES)  # noqa: SIM115 - close()
+            file or tempfile.SpooledTemporaryFile(max_size=MEMORY_BYTES)  # noqa: SIM115 - close()
         )
-        self._file.seek(0, io.SEEK_END)  # writes go after `data`
-        self._hash = hashlib.blake2b(data, digest_size=16)
-        self.size = len(data)
+        self._hash = hashlib.blake2b(digest_size=16)
+        self.size = 0
+
+    @classmethod
+    def of(cls, data: bytes) -> Spool:
+        """A body already held in memory whole (a cached one): served from there, unhashed
+        (its ETag comes from the validator)."""
+        made = cls(io.BytesIO(data))
+        made.size = len(data)
+        return made
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -43,6 +50,7 @@ class Spool:
         self.size += len(data)
 
     def digest(self) -> str:
+        """Of the bytes written (not of a body made with `of`)."""
         return self._hash.hexdigest()
 
     def read(self) -> bytes:

@@ -102,18 +102,44 @@ def test_if_none_match_uses_the_weak_comparison(held, matches):
 
 
 def test_a_spool_keeps_small_bodies_in_memory_and_large_ones_in_a_file():
-    small = Spool(b"{")
+    small = Spool()
+    small.write(b"{")
     small.write(b"x" * 10)
     assert small.read() == b"{" + b"x" * 10 and small.size == 11
+    assert not small._file._rolled
     large = Spool()
+    large.write(b'{"users":[')  # as a listing starts: the head first, then the pages
     piece = b"y" * 4096
     for _ in range(spool.MEMORY_BYTES // len(piece) + 1):
         large.write(piece)
     assert large._file._rolled
     assert b"".join(large.slices(1000)) == large.read() and large.size == len(large.read())
-    assert etags.of_bytes(large.digest()) == etags.of_bytes(Spool(large.read()).digest())
+    whole = Spool()
+    whole.write(large.read())
+    assert whole.digest() == large.digest()
     assert gzip.decompress(large.gzipped().read()) == large.read()
+    held = Spool.of(b"cached body")
+    assert (held.read(), held.size) == (b"cached body", 11)
     large.close()
+
+
+def test_a_large_listing_is_spooled_to_a_file(admin, make_app, monkeypatch):
+    """The listing's body leaves memory past MEMORY_BYTES (it starts with its head)."""
+    from devtools import seed
+    from lib.listing import pages
+
+    seed.seed_users(admin, 12_000, progress=False)  # ~1.3 MB of JSON
+    rolled = []
+    write = Spool.write
+
+    def watched(self, data):
+        write(self, data)
+        rolled.append(self._file._rolled)
+
+    monkeypatch.setattr(Spool, "write", watched)
+    body = make_app(RESPONSE_CACHE="off").test_client().get("/").data
+    assert len(body) > spool.MEMORY_BYTES and rolled[-1] is True
+    assert pages.PAGE_ROWS < 12_000  # several pages, one spool
 
 
 @pytest.mark.parametrize("last_id", [1, 99, MAX_ID])
