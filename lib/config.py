@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 USERS = "users"  # the resource the function serves at `/`: its envelope key and its table
 DEFAULT_COLUMNS = ("id", "email", "name", "created_at")  # when USERS_COLUMNS is not set
 APPLICATION_NAME = "users-function"
-RESPONSE_CACHE_MB = 4  # docs/cache.md: RSS measured full, inside Cloud Run's 128 MiB with room
+RESPONSE_CACHE_MB = 4  # docs/cache.md: its RSS measured full; docs/sizing.md: the memory budget
 # Cloud Run functions refuse a response past 32 MB, uncompressed, when it is not streamed
 # (docs/http-api.md gives the source); every listing is sent whole. 32 MB whether "MB" means
 # 10^6 or 2^20 bytes, less 100 kB for the status line and headers (under 2 kB here).
