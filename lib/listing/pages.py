@@ -121,7 +121,7 @@ def _once(db: Database, stats: Stats, work: Callable[[PoolProxiedConnection], T]
         stats.query_ms += (time.perf_counter() - started) * 1000
 
 
-def run(db: Database, conn: PoolProxiedConnection, watch: Watch, sql: str) -> list:
+def _run(db: Database, conn: PoolProxiedConnection, watch: Watch, sql: str) -> list:
     """One statement, watched (a cancel must not outlive it) and counted."""
     request_stats.current().queries += 1
     with watch.statement(conn):
@@ -165,7 +165,7 @@ class _Reader:
         """Inside the transaction: page 1 unless the statement before read it in this very
         snapshot, then the pages after it."""
         if first is not None:
-            [(snapshot,)] = run(self.db, self.conn, self.watch, statements.SNAPSHOT)
+            [(snapshot,)] = _run(self.db, self.conn, self.watch, statements.SNAPSHOT)
             if snapshot != first.snapshot or self.db.session.pooler is not None:
                 first = None
         if first is None:
@@ -260,7 +260,7 @@ class _Reader:
         """Fail with a configuration error naming any configured column the table lacks."""
         checked = _checked.setdefault(self.db, set())
         if self.resource not in checked:
-            rows = run(self.db, self.conn, self.watch, statements.columns_sql(self.resource))
+            rows = _run(self.db, self.conn, self.watch, statements.columns_sql(self.resource))
             statements.check_columns(self.resource, {row[0] for row in rows})
             checked.add(self.resource)
 
@@ -268,7 +268,7 @@ class _Reader:
         """`work()` inside one REPEATABLE READ READ ONLY transaction. On any failure the
         transaction is rolled back, or the connection discarded if even that fails, so no
         connection goes back to the pool inside a transaction."""
-        run(self.db, self.conn, self.watch, statements.BEGIN)
+        _run(self.db, self.conn, self.watch, statements.BEGIN)
         try:
             result = work()
         except BaseException:
@@ -278,7 +278,7 @@ class _Reader:
                 except Exception:  # noqa: BLE001 - the first failure is the one to answer
                     self.conn.invalidate()
             raise
-        run(self.db, self.conn, self.watch, statements.COMMIT)
+        _run(self.db, self.conn, self.watch, statements.COMMIT)
         return result
 
 
