@@ -32,13 +32,18 @@ def test_bench_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "BENCHMARKS.md").read_text()
     floors = ("floor", "floor_select1")
+    cpu = {}
     for variant in ("users", "json_agg_fn", "users_nullpool", "users_rows", *floors):
         row = re.search(rf"^\| 10 \| 8 \| {variant} \|(.*)$", report, re.M)
         assert row, variant
         cells = row.group(1).split("|")
         assert cells[4].strip() == "0", (variant, "errors")
-        cpu = float(cells[7])  # PG CPU ms/req: measured, not a placeholder
-        assert (cpu > 0) == (variant != "floor"), (variant, cpu)
+        cpu[variant] = float(cells[7])  # PG CPU ms/req: measured, not a placeholder
+    # The floor sends no statement: what it shows is the cluster's own background processes
+    # (checkpointer, walwriter, autovacuum: bench/measure.py counts every process of the
+    # cluster) spread over its requests, a few microseconds at most.
+    assert cpu["floor"] < 0.05 * cpu["floor_select1"], cpu
+    assert all(cpu[v] > 0 for v in cpu if v != "floor"), cpu
     assert "**seed_next** not run: --no-node given" in report
     assert "**seed_next_app** not run: --no-node given" in report
     assert "| page statement (this function) |" in report

@@ -20,7 +20,7 @@ from tests.conftest import ROOT, run_python
 RUNTIME_FILES = {
     "main.py",
     "requirements.txt",
-    *(str(path.relative_to(ROOT)) for path in (ROOT / "lib").glob("*.py")),
+    *(str(path.relative_to(ROOT)) for path in (ROOT / "lib").rglob("*.py")),
 }
 
 
